@@ -1,0 +1,180 @@
+"""The LightningModule: any backbone, any smoothing policy, calibration metrics next to accuracy.
+
+Metrics accumulate on the device (torchmetrics, with their per-step host checks turned off) and are read once per
+epoch, so the training step never waits on the host.
+"""
+from __future__ import annotations
+
+import inspect
+import math
+from functools import partial
+from typing import Callable, Optional
+
+import pytorch_lightning as pl
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torchmetrics import MaxMetric, MeanMetric, MinMetric
+from torchmetrics.classification import MulticlassAccuracy
+
+from adaptive_ls.metrics import calibration_metrics, reliability_bins, temperature_scaled_metrics
+from adaptive_ls.smoothing import NoSmoothing, Progress, SmoothingPolicy, smoothed_cross_entropy
+
+
+def cosine_schedule(optimizer: torch.optim.Optimizer, total_steps: int, warmup_fraction: float = 0.0,
+                    final_lr_fraction: float = 0.0) -> torch.optim.lr_scheduler.LambdaLR:
+    """Per-step linear warm-up then cosine decay to ``final_lr_fraction`` of the base learning rate."""
+    warmup = int(round(warmup_fraction * total_steps))
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        t = min((step - warmup) / max(total_steps - warmup, 1), 1.0)
+        return final_lr_fraction + (1.0 - final_lr_fraction) * 0.5 * (1.0 + math.cos(math.pi * t))
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def _mean() -> MeanMetric:
+    return MeanMetric(nan_strategy="disable")  # the default NaN check reads the value on the host every step
+
+
+class LabelSmoothingClassifier(pl.LightningModule):
+    """Trains ``net`` on the policy's smoothed targets; reports accuracy, NLL, ECE and Brier score.
+
+    Args:
+        net: any ``nn.Module`` mapping images to ``num_classes`` logits.
+        smoothing: a :class:`~adaptive_ls.smoothing.SmoothingPolicy` (default: none, plain cross-entropy).
+        optimizer: ``params -> Optimizer`` (a Hydra partial); default SGD(lr=0.1, momentum=0.9, wd=5e-4, nesterov).
+        scheduler: ``optimizer -> LRScheduler`` or ``(optimizer, total_steps) -> LRScheduler``; None for a constant lr.
+        num_classes: K.
+        scheduler_interval: ``"step"`` or ``"epoch"``: when Lightning steps the scheduler.
+        ece_bins: bins of the equal-width ECE (15, as in Guo et al. 2017).
+    """
+
+    def __init__(
+        self,
+        net: nn.Module,
+        smoothing: Optional[SmoothingPolicy] = None,
+        optimizer: Optional[Callable] = None,
+        scheduler: Optional[Callable] = None,
+        num_classes: int = 10,
+        scheduler_interval: str = "step",
+        ece_bins: int = 15,
+    ):
+        super().__init__()
+        if scheduler_interval not in ("step", "epoch"):
+            raise ValueError(f"scheduler_interval={scheduler_interval!r}: allowed are 'step', 'epoch'")
+        self.save_hyperparameters(ignore=["net", "smoothing", "optimizer", "scheduler"])
+        self.net = net
+        self.smoothing = smoothing if smoothing is not None else NoSmoothing()
+        self.optimizer_factory = optimizer or partial(torch.optim.SGD, lr=0.1, momentum=0.9, weight_decay=5e-4,
+                                                      nesterov=True)
+        self.scheduler_factory = scheduler
+        self.num_classes, self.scheduler_interval, self.ece_bins = num_classes, scheduler_interval, ece_bins
+        accuracy = partial(MulticlassAccuracy, num_classes=num_classes, average="micro", validate_args=False)
+        self.train_loss, self.train_acc = _mean(), accuracy()
+        self.eps_mean, self.eps_min, self.eps_max = _mean(), MinMetric(nan_strategy="disable"), MaxMetric(nan_strategy="disable")
+        self.val_nll, self.val_acc, self.val_acc_best = _mean(), accuracy(), MaxMetric(nan_strategy="disable")
+        self._total_steps = 1
+        self._eval_outputs: dict[str, list] = {"val": [], "test": []}
+        self.val_logits: Optional[Tensor] = None  # last validation epoch's logits and labels, for temperature scaling
+        self.val_targets: Optional[Tensor] = None
+        self.test_reliability: Optional[dict] = None  # reliability-diagram data of the last test run
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.net(x)
+
+    # -- training -----------------------------------------------------------------------------------------------------
+
+    def setup(self, stage: str) -> None:
+        datamodule = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
+        if datamodule is not None and hasattr(datamodule, "num_train_total"):
+            self.smoothing.setup(datamodule.num_train_total, self.num_classes)
+
+    def on_train_start(self) -> None:
+        self._total_steps = max(int(self.trainer.estimated_stepping_batches), 1)
+
+    def progress(self) -> Progress:
+        """Training progress for schedules: optimizer steps done of the total, and the epoch."""
+        trainer = self._trainer
+        if trainer is None:
+            return Progress(0, 1, 0, 1)
+        return Progress(trainer.global_step, self._total_steps, trainer.current_epoch, trainer.max_epochs or 1)
+
+    def training_step(self, batch, batch_idx: int):
+        images, targets, index = batch
+        logits = self.net(images)
+        target = self.smoothing(logits.detach(), targets, index, self.progress())
+        eps = target.eps if isinstance(target.eps, Tensor) else torch.full((), float(target.eps), device=logits.device)
+        loss_per_sample = smoothed_cross_entropy(logits, targets, eps, target.q, reduction="none")
+        loss = loss_per_sample.mean()
+        self.train_loss.update(loss_per_sample.detach())
+        self.train_acc.update(logits.detach(), targets)
+        self.eps_mean.update(eps.detach().float())
+        self.eps_min.update(eps.detach().float())
+        self.eps_max.update(eps.detach().float())
+        self.log("train/loss", self.train_loss, on_step=False, on_epoch=True)
+        self.log("train/acc", self.train_acc, on_step=False, on_epoch=True)  # against the (noisy) training labels
+        self.log("smoothing/eps_mean", self.eps_mean, on_step=False, on_epoch=True)
+        if self.smoothing.per_sample:
+            self.log("smoothing/eps_min", self.eps_min, on_step=False, on_epoch=True)
+            self.log("smoothing/eps_max", self.eps_max, on_step=False, on_epoch=True)
+        return {"loss": loss, "eps": eps.detach(), "index": index, "logits": logits.detach()}
+
+    def on_train_epoch_end(self) -> None:
+        self.smoothing.on_train_epoch_end()
+
+    # -- evaluation ---------------------------------------------------------------------------------------------------
+
+    def validation_step(self, batch, batch_idx: int) -> None:
+        images, targets, _ = batch
+        logits = self.net(images)
+        self.val_nll.update(F.cross_entropy(logits.float(), targets, reduction="none"))
+        self.val_acc.update(logits, targets)
+        self._eval_outputs["val"].append((logits.detach().float(), targets))
+        self.log("val/nll", self.val_nll, on_step=False, on_epoch=True)
+        self.log("val/acc", self.val_acc, on_step=False, on_epoch=True, prog_bar=True)
+
+    def on_validation_epoch_end(self) -> None:
+        self.val_logits, self.val_targets = self._collect("val")
+        if self.trainer.sanity_checking or self.trainer.state.fn != "fit":
+            return
+        self.val_acc_best.update(self.val_acc.compute())
+        self.log("val/acc_best", self.val_acc_best.compute())
+
+    def test_step(self, batch, batch_idx: int) -> None:
+        images, targets, _ = batch
+        self._eval_outputs["test"].append((self.net(images).detach().float(), targets))
+
+    def on_test_epoch_end(self) -> None:
+        logits, targets = self._collect("test")
+        metrics = calibration_metrics(logits, targets, n_bins=self.ece_bins)
+        if self.val_logits is not None and self.val_logits.shape[0] > 0:
+            metrics.update(temperature_scaled_metrics(self.val_logits, self.val_targets, logits, targets,
+                                                      n_bins=self.ece_bins))
+        for name, value in metrics.items():
+            self.log(f"test/{name}", torch.as_tensor(value, dtype=torch.float32))
+        self.test_reliability = reliability_bins(logits, targets, n_bins=self.ece_bins)
+
+    def _collect(self, split: str) -> tuple[Tensor, Tensor]:
+        outputs, self._eval_outputs[split] = self._eval_outputs[split], []
+        if not outputs:
+            empty = torch.empty(0, self.num_classes, device=self.device)
+            return empty, torch.empty(0, dtype=torch.long, device=self.device)
+        return torch.cat([o[0] for o in outputs]), torch.cat([o[1] for o in outputs])
+
+    # -- optimisation -------------------------------------------------------------------------------------------------
+
+    def configure_optimizers(self):
+        optimizer = self.optimizer_factory(params=self.parameters())
+        if self.scheduler_factory is None:
+            return optimizer
+        if "total_steps" in inspect.signature(self.scheduler_factory).parameters:
+            steps = int(self.trainer.estimated_stepping_batches)
+            if self.scheduler_interval == "epoch":
+                steps = int(self.trainer.max_epochs)
+            scheduler = self.scheduler_factory(optimizer, total_steps=steps)
+        else:
+            scheduler = self.scheduler_factory(optimizer)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": self.scheduler_interval}}

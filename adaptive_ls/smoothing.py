@@ -1,0 +1,320 @@
+"""Label smoothing: one loss and one small policy class per way of choosing ε.
+
+Every policy fits one target (see DESIGN.md)::
+
+    target_i = (1 − ε_i) · onehot(y_i) + ε_i · q_i
+    loss_i   = (1 − ε_i) · CE(p_i, y_i) + ε_i · CE(p_i, q_i)
+
+A policy answers one question per training step — "which ε (and which q) for this batch?" — from the detached
+logits, the (possibly noisy) targets, the sample indices and the training progress. ``q = None`` means uniform
+(ε/K on every class, as ``torch.nn.functional.cross_entropy(label_smoothing=ε)`` and timm do), which is the fast path.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Optional, Union
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+# Negative label smoothing (Wei et al., ICML 2022) pushes the non-target classes below zero. Its loss is unbounded
+# below for any ε < 0, so ε is kept ≥ −1: the true class then gets at most 2 − 1/K and every other class ≥ −1/K,
+# the range that paper explores.
+EPS_NEGATIVE_BOUND = -1.0
+
+Eps = Union[float, Tensor]
+
+
+def _check_eps_value(eps: float, key: str = "smoothing.eps") -> float:
+    eps = float(eps)
+    if not (EPS_NEGATIVE_BOUND <= eps < 1.0):
+        raise ValueError(
+            f"{key}={eps} is out of range: allowed is {EPS_NEGATIVE_BOUND} <= ε < 1 "
+            f"(ε < 0 is negative label smoothing; ε = 1 would discard the label entirely)"
+        )
+    return eps
+
+
+def smoothed_cross_entropy(
+    logits: Tensor,
+    targets: Tensor,
+    eps: Eps = 0.0,
+    q: Optional[Tensor] = None,
+    reduction: str = "mean",
+) -> Tensor:
+    """Cross-entropy against (1 − ε)·onehot(y) + ε·q, with q uniform (ε/K on every class) when ``q`` is None.
+
+    ``eps`` is a float or a per-sample tensor of shape [B]; ``q`` is None or a [B, K] distribution per sample.
+    For scalar ε in [0, 1) this equals ``F.cross_entropy(logits, targets, label_smoothing=ε)``. Computed in float32
+    so bf16 logits do not lose the small ε terms. Per-sample ε is not range-checked here (that would sync the host);
+    policies clamp it.
+    """
+    if reduction not in ("mean", "sum", "none"):
+        raise ValueError(f"reduction={reduction!r}: allowed are 'mean', 'sum', 'none'")
+    if logits.ndim != 2:
+        raise ValueError(f"logits must be [batch, classes], got shape {tuple(logits.shape)}")
+    if isinstance(eps, Tensor):
+        if eps.ndim not in (0, 1) or (eps.ndim == 1 and eps.shape[0] != logits.shape[0]):
+            raise ValueError(f"per-sample eps must have shape [{logits.shape[0]}], got {tuple(eps.shape)}")
+        eps = eps.to(torch.float32)
+    else:
+        eps = _check_eps_value(eps)
+    log_probs = F.log_softmax(logits.float(), dim=-1)
+    nll = -log_probs.gather(1, targets.long().unsqueeze(1)).squeeze(1)
+    if q is None:
+        smooth = -log_probs.mean(dim=-1)  # CE(p, uniform)
+    else:
+        if q.shape != logits.shape:
+            raise ValueError(f"q must have the logits' shape {tuple(logits.shape)}, got {tuple(q.shape)}")
+        smooth = -(q.float() * log_probs).sum(dim=-1)  # CE(p, q)
+    loss = (1.0 - eps) * nll + eps * smooth
+    if reduction == "mean":
+        return loss.mean()
+    if reduction == "sum":
+        return loss.sum()
+    return loss
+
+
+@dataclass(frozen=True)
+class Progress:
+    """Where training stands: what a schedule needs, in optimizer steps and epochs."""
+
+    step: int
+    total_steps: int
+    epoch: int
+    max_epochs: int
+
+    @property
+    def fraction(self) -> float:
+        """Fraction of optimizer steps done, in [0, 1]."""
+        return min(max(self.step / max(self.total_steps, 1), 0.0), 1.0)
+
+
+@dataclass
+class SmoothingTarget:
+    """What a policy returns for a batch: ε (float or [B] tensor) and q (None = uniform, or [B, K])."""
+
+    eps: Eps
+    q: Optional[Tensor] = None
+
+
+class SmoothingPolicy(nn.Module):
+    """Base class. Subclasses implement ``forward``; state they keep across steps lives in buffers (checkpointed).
+
+    ``forward(logits, targets, index, progress)`` gets *detached* logits, the (noisy) targets, the samples' indices
+    into the training set and the training progress, and returns a :class:`SmoothingTarget`. Hooks that policies
+    with memory override: ``setup(num_samples, num_classes)`` before training and ``on_train_epoch_end()``.
+    """
+
+    name = "base"
+    per_sample = False  # True when ε differs between the samples of a batch
+
+    def setup(self, num_samples: int, num_classes: int) -> None:
+        """Allocate per-sample state; called once the data (and so N and K) is known."""
+
+    def on_train_epoch_end(self) -> None:
+        """Roll epoch-level state forward (for policies that use last epoch's predictions)."""
+
+    def forward(self, logits: Tensor, targets: Tensor, index: Tensor, progress: Progress) -> SmoothingTarget:
+        raise NotImplementedError
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        # Per-sample memories are sized lazily by setup(); take the checkpoint's size so a fresh policy can load it.
+        for name, buf in self._buffers.items():
+            key = prefix + name
+            if buf is not None and key in state_dict and state_dict[key].shape != buf.shape:
+                self._buffers[name] = torch.empty_like(state_dict[key], device=buf.device)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
+    def extra_repr(self) -> str:
+        return ", ".join(f"{k}={v}" for k, v in self.hparams().items())
+
+    def hparams(self) -> dict:
+        """The policy's settings, for logs and results.json."""
+        return {}
+
+
+class NoSmoothing(SmoothingPolicy):
+    """Plain cross-entropy (ε = 0): the baseline every sweep needs."""
+
+    name = "none"
+
+    def forward(self, logits, targets, index, progress):
+        return SmoothingTarget(0.0)
+
+
+class FixedSmoothing(SmoothingPolicy):
+    """Constant ε; negative ε is negative label smoothing (Wei et al., ICML 2022)."""
+
+    name = "fixed"
+
+    def __init__(self, eps: float = 0.1):
+        super().__init__()
+        self.eps = _check_eps_value(eps, "smoothing.eps")
+
+    def forward(self, logits, targets, index, progress):
+        return SmoothingTarget(self.eps)
+
+    def hparams(self):
+        return {"eps": self.eps}
+
+
+ANNEAL_SCHEDULES = ("linear", "cosine", "exponential", "step")
+
+
+def annealed_eps(
+    fraction: float,
+    eps_start: float,
+    eps_end: float,
+    schedule: str = "linear",
+    hold_fraction: float = 0.0,
+    num_steps: int = 4,
+) -> float:
+    """ε at a training fraction in [0, 1]: held at ``eps_start`` for ``hold_fraction``, then moved to ``eps_end``.
+
+    ``exponential`` interpolates geometrically (needs both ends of the same sign and non-zero; ε_end = 0 is treated
+    as decaying to 1e-4 of ε_start, then snapped to 0 at the end); ``step`` moves in ``num_steps`` equal drops.
+    """
+    if fraction <= hold_fraction:
+        return eps_start
+    t = min((fraction - hold_fraction) / max(1.0 - hold_fraction, 1e-12), 1.0)
+    if schedule == "linear":
+        w = t
+    elif schedule == "cosine":
+        w = 0.5 * (1.0 - math.cos(math.pi * t))
+    elif schedule == "step":
+        w = math.floor(t * num_steps) / num_steps
+    elif schedule == "exponential":
+        if t >= 1.0:
+            return eps_end
+        end = eps_end if eps_end != 0 else eps_start * 1e-4
+        if eps_start == 0 or end / eps_start <= 0:
+            w = t  # no geometric path between ends of different sign: fall back to linear
+        else:
+            return eps_start * (end / eps_start) ** t
+    else:
+        raise ValueError(f"smoothing.schedule={schedule!r}: allowed are {', '.join(ANNEAL_SCHEDULES)}")
+    return eps_start + (eps_end - eps_start) * w
+
+
+class AnnealedSmoothing(SmoothingPolicy):
+    """ε moves from ``eps_start`` to ``eps_end`` over training, by optimizer step (not epoch)."""
+
+    name = "annealed"
+
+    def __init__(
+        self,
+        eps_start: float = 0.3,
+        eps_end: float = 0.0,
+        schedule: str = "linear",
+        hold_fraction: float = 0.0,
+        num_steps: int = 4,
+    ):
+        super().__init__()
+        self.eps_start = _check_eps_value(eps_start, "smoothing.eps_start")
+        self.eps_end = _check_eps_value(eps_end, "smoothing.eps_end")
+        if schedule not in ANNEAL_SCHEDULES:
+            raise ValueError(f"smoothing.schedule={schedule!r}: allowed are {', '.join(ANNEAL_SCHEDULES)}")
+        if not 0.0 <= hold_fraction < 1.0:
+            raise ValueError(f"smoothing.hold_fraction={hold_fraction}: allowed is 0 <= hold_fraction < 1")
+        if int(num_steps) < 1:
+            raise ValueError(f"smoothing.num_steps={num_steps}: allowed is an integer >= 1")
+        self.schedule, self.hold_fraction, self.num_steps = schedule, float(hold_fraction), int(num_steps)
+
+    def eps_at(self, fraction: float) -> float:
+        return annealed_eps(fraction, self.eps_start, self.eps_end, self.schedule, self.hold_fraction, self.num_steps)
+
+    def forward(self, logits, targets, index, progress):
+        return SmoothingTarget(self.eps_at(progress.fraction))
+
+    def hparams(self):
+        return {"eps_start": self.eps_start, "eps_end": self.eps_end, "schedule": self.schedule,
+                "hold_fraction": self.hold_fraction, "num_steps": self.num_steps}
+
+
+ADAPTIVE_SIGNALS = ("max_prob", "entropy", "true_class_prob")
+
+
+def confidence_signal(probs: Tensor, targets: Tensor, signal: str) -> Tensor:
+    """A per-sample score in [0, 1] where larger means "smooth this sample more".
+
+    ``max_prob``: the model's top probability (over-confident samples get more smoothing: aims at calibration).
+    ``entropy``: 1 − H(p)/log K (low entropy = confident → more smoothing; same direction as max_prob).
+    ``true_class_prob``: 1 − p[y] (the less the model believes the given label, the more smoothing: aims at noise).
+    """
+    if signal == "max_prob":
+        return probs.max(dim=-1).values
+    if signal == "entropy":
+        entropy = -(probs * probs.clamp_min(1e-12).log()).sum(dim=-1)
+        return 1.0 - entropy / math.log(probs.shape[-1])
+    if signal == "true_class_prob":
+        return 1.0 - probs.gather(1, targets.long().unsqueeze(1)).squeeze(1)
+    raise ValueError(f"smoothing.signal={signal!r}: allowed are {', '.join(ADAPTIVE_SIGNALS)}")
+
+
+class AdaptiveSmoothing(SmoothingPolicy):
+    """Per-sample ε = eps_min + (eps_max − eps_min) · signal(p_i), from the model's own detached prediction.
+
+    For ``warmup_epochs`` the predictions are not trusted yet and ε = ``warmup_eps`` for every sample. With
+    ``ema > 0`` the signal is computed from an exponential moving average of each sample's predicted distribution
+    across epochs (a [N, K] buffer keyed by sample index, so it is checkpointed and stays on the device).
+    """
+
+    name = "adaptive"
+    per_sample = True
+
+    def __init__(
+        self,
+        eps_min: float = 0.0,
+        eps_max: float = 0.4,
+        signal: str = "true_class_prob",
+        warmup_epochs: int = 1,
+        warmup_eps: float = 0.1,
+        ema: float = 0.0,
+    ):
+        super().__init__()
+        self.eps_min = _check_eps_value(eps_min, "smoothing.eps_min")
+        self.eps_max = _check_eps_value(eps_max, "smoothing.eps_max")
+        if self.eps_min > self.eps_max:
+            raise ValueError(f"smoothing.eps_min={eps_min} > smoothing.eps_max={eps_max}: need eps_min <= eps_max")
+        if signal not in ADAPTIVE_SIGNALS:
+            raise ValueError(f"smoothing.signal={signal!r}: allowed are {', '.join(ADAPTIVE_SIGNALS)}")
+        if int(warmup_epochs) < 0:
+            raise ValueError(f"smoothing.warmup_epochs={warmup_epochs}: allowed is an integer >= 0")
+        if not 0.0 <= ema < 1.0:
+            raise ValueError(f"smoothing.ema={ema}: allowed is 0 <= ema < 1 (0 turns the moving average off)")
+        self.signal, self.warmup_epochs, self.ema = signal, int(warmup_epochs), float(ema)
+        self.warmup_eps = _check_eps_value(warmup_eps, "smoothing.warmup_eps")
+        # Each sample's moving-average prediction and whether it has been seen; sized in setup().
+        self.register_buffer("memory", torch.empty(0, 0))
+        self.register_buffer("seen", torch.empty(0, dtype=torch.bool))
+
+    def setup(self, num_samples: int, num_classes: int) -> None:
+        if self.ema > 0 and self.memory.shape != (num_samples, num_classes):
+            self.memory = torch.zeros(num_samples, num_classes, device=self.memory.device)
+            self.seen = torch.zeros(num_samples, dtype=torch.bool, device=self.memory.device)
+
+    def _smoothed_probs(self, probs: Tensor, index: Tensor) -> Tensor:
+        if self.ema == 0:
+            return probs
+        if self.memory.numel() == 0:
+            raise RuntimeError("AdaptiveSmoothing with ema > 0 needs setup(num_samples, num_classes) before training")
+        old = self.memory[index]
+        seen = self.seen[index].unsqueeze(1)
+        new = torch.where(seen, self.ema * old + (1.0 - self.ema) * probs, probs)
+        self.memory[index] = new
+        self.seen[index] = True
+        return new
+
+    def forward(self, logits, targets, index, progress):
+        probs = self._smoothed_probs(logits.float().softmax(dim=-1), index)
+        if progress.epoch < self.warmup_epochs:
+            return SmoothingTarget(torch.full_like(probs[:, 0], self.warmup_eps))
+        score = confidence_signal(probs, targets, self.signal)
+        return SmoothingTarget(self.eps_min + (self.eps_max - self.eps_min) * score)
+
+    def hparams(self):
+        return {"eps_min": self.eps_min, "eps_max": self.eps_max, "signal": self.signal,
+                "warmup_epochs": self.warmup_epochs, "warmup_eps": self.warmup_eps, "ema": self.ema}
