@@ -161,9 +161,34 @@ def _build_module(cfg: DictConfig, net, policy, num_classes: int):
 CONFIG_DIR = str(Path(__file__).resolve().parent.parent / "conf")
 
 
+def _is_multirun() -> bool:
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
+
+
+def record_failure(cfg: DictConfig, error: BaseException) -> None:
+    """Mark the run failed in its results.json (keeping what it had measured) so a sweep report can name it."""
+    path = Path(cfg.paths.output_dir) / "results.json"
+    results = json.loads(path.read_text()) if path.is_file() else {}
+    results.update({"status": "failed", "error": f"{type(error).__name__}: {error}", "seed": int(cfg.seed),
+                    "noise_seed": int(cfg.noise_seed)})
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_json(path, results)
+
+
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="config")
 def main(cfg: DictConfig) -> Optional[float]:
-    results = run(cfg)
+    """Run once; in a multirun a failed job is recorded and the sweep goes on (the sweeper sees NaN)."""
+    try:
+        results = run(cfg)
+    except Exception as error:
+        record_failure(cfg, error)
+        if not _is_multirun():
+            raise
+        log.exception("job failed; recorded in %s/results.json, the sweep goes on", cfg.paths.output_dir)
+        return math.nan
     return results.get(cfg.get("optimized_metric", "val/acc_best"))
 
 
