@@ -173,7 +173,9 @@ class NoisyLabelDataModule(pl.LightningDataModule):
         self.batch_size, self.eval_batch_size, self.val_size = int(batch_size), int(eval_batch_size), int(val_size)
         self.clean_val, self.loader, self.num_workers = bool(clean_val), loader, int(num_workers)
         self.crop_padding, self.hflip = int(crop_padding), bool(hflip)
-        self.noise_cfg = dict(noise or {"kind": "none", "rate": 0.0})
+        # Checked now (kind, rate, class map), so a typo fails before any data is loaded.
+        self.noise_cfg = noise_lib.check_noise_config(noise or {"kind": "none", "rate": 0.0}, self.num_classes,
+                                                      self.class_names or None, self.asymmetric_map)
         self.noise_seed, self.seed = int(noise_seed), int(seed)
         self._prepared = False
         self._aug_epoch: Optional[int] = None
@@ -212,13 +214,7 @@ class NoisyLabelDataModule(pl.LightningDataModule):
 
     def make_noisy_labels(self, clean: np.ndarray, images: Tensor) -> tuple[np.ndarray, np.ndarray]:
         """Apply ``noise`` (kind, rate, class_map, ...) to the clean training labels with ``noise_seed``."""
-        cfg = dict(self.noise_cfg)
-        kind = cfg.pop("kind", "none")
-        rate = float(cfg.pop("rate", 0.0))
-        class_map = cfg.pop("class_map", None)
-        if kind == "asymmetric":
-            class_map = noise_lib.parse_class_map(class_map or self.asymmetric_map or {}, self.num_classes,
-                                                  self.class_names or None)
+        kind, rate, class_map = (self.noise_cfg.get(k) for k in ("kind", "rate", "class_map"))  # checked in __init__
         return noise_lib.corrupt_labels(clean, kind, rate, self.num_classes, self.noise_seed, class_map=class_map,
                                         features=images.numpy() if kind == "instance" else None)
 
