@@ -120,6 +120,26 @@ class SmoothingPolicy(nn.Module):
     def forward(self, logits: Tensor, targets: Tensor, index: Tensor, progress: Progress) -> SmoothingTarget:
         raise NotImplementedError
 
+    @staticmethod
+    def _gather(*tensors: Tensor) -> tuple[Tensor, ...]:
+        """Each tensor concatenated (along dim 0) over all processes of a distributed run; unchanged otherwise.
+
+        Under data parallelism each process sees its own shard of the batch. A policy that writes per-sample state
+        by index gathers the (index, value) pairs first and writes them all, so every process keeps the same
+        memory: ``index, probs = self._gather(index, probs)``. Every process must call it at the same step, with
+        tensors of the same shape (the loaders give every process the same batch sizes).
+        """
+        import torch.distributed as dist
+
+        if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+            return tensors
+        gathered = []
+        for tensor in tensors:
+            parts = [torch.empty_like(tensor) for _ in range(dist.get_world_size())]
+            dist.all_gather(parts, tensor.contiguous())
+            gathered.append(torch.cat(parts))
+        return tuple(gathered)
+
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
         # Per-sample memories are sized lazily by setup(); take the checkpoint's size so a fresh policy can load it.
         for name, buf in self._buffers.items():
@@ -304,8 +324,9 @@ class AdaptiveSmoothing(SmoothingPolicy):
         old = self.memory[index]
         seen = self.seen[index].unsqueeze(1)
         new = torch.where(seen, self.ema * old + (1.0 - self.ema) * probs, probs)
-        self.memory[index] = new
-        self.seen[index] = True
+        all_index, all_new = self._gather(index, new)  # every process's samples, so the memories stay equal
+        self.memory[all_index] = all_new
+        self.seen[all_index] = True
         return new
 
     def forward(self, logits, targets, index, progress):
