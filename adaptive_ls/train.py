@@ -18,6 +18,7 @@ import os
 import random
 import sys
 import time
+import warnings
 from pathlib import Path
 from typing import Any, Optional
 
@@ -30,6 +31,7 @@ from pytorch_lightning.utilities.rank_zero import rank_zero_only
 
 from adaptive_ls.config import (
     CHECKPOINT_KEY,
+    LAST_CHECKPOINT,
     ConfigError,
     OutputDirError,
     check_resumed_labels,
@@ -126,6 +128,18 @@ class RunState(pl.Callback):
 
     def __init__(self, config: dict, labels_hash: str):
         self.config, self.labels_hash = config, labels_hash
+        self.labels_hash_per_rank = [labels_hash]
+
+    def on_fit_start(self, trainer, pl_module):
+        """Under DDP, check that every process made the same noisy labels (they are drawn from noise_seed alone)."""
+        if trainer.world_size > 1:
+            import torch.distributed as dist
+
+            self.labels_hash_per_rank = [None] * trainer.world_size
+            dist.all_gather_object(self.labels_hash_per_rank, self.labels_hash)
+            if len(set(self.labels_hash_per_rank)) > 1:
+                raise RuntimeError(f"the processes made different noisy labels (hashes by rank: "
+                                   f"{self.labels_hash_per_rank}); they must all use the same noise settings and data")
 
     def on_save_checkpoint(self, trainer, pl_module, checkpoint):
         name, keys, pos, has_gauss, gauss = np.random.get_state()  # as plain values: weights_only loading accepts them
@@ -162,25 +176,28 @@ def write_json(path: Path, payload: dict) -> None:
     tmp.replace(path)
 
 
-def build_callbacks(cfg: DictConfig, output_dir: Path, has_val: bool, labels_hash: str) -> list[pl.Callback]:
-    """Checkpoints (last and best by val/acc, every epoch), history, the NaN guard, resume state, and any extra
-    callbacks the config names under ``callbacks`` (name: {_target_: ...})."""
+def build_callbacks(cfg: DictConfig, output_dir: Path, has_val: bool, labels_hash: str) -> dict[str, pl.Callback]:
+    """The run's callbacks by name: checkpoints (``last`` every epoch, ``best`` by val/acc), history, NaN guard,
+    resume state, and any extra ones the config names under ``callbacks`` (name: {_target_: ...})."""
     from pytorch_lightning.callbacks import ModelCheckpoint
 
-    checkpoint = ModelCheckpoint(
-        dirpath=output_dir / "checkpoints",
-        filename="best-epoch{epoch:03d}",
-        auto_insert_metric_name=False,
-        monitor="val/acc" if has_val else None,
-        mode="max",
-        save_top_k=1,
-        save_last=True,
-        every_n_epochs=1,              # a killed run loses at most the epoch it was in
-        save_on_train_epoch_end=True,  # after validation and EpochHistory, so the checkpoint carries both
-    )
-    extra = [hydra.utils.instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c is not None]
-    return [checkpoint, EpochHistory(), NonFiniteLossGuard(),
-            RunState(OmegaConf.to_container(cfg, resolve=True), labels_hash), *extra]
+    # Saved at the end of each training epoch: after validation and EpochHistory, so a checkpoint carries both.
+    every_epoch = dict(dirpath=output_dir / "checkpoints", every_n_epochs=1, save_on_train_epoch_end=True)
+    callbacks: dict[str, pl.Callback] = {}
+    if has_val:
+        callbacks["best"] = ModelCheckpoint(filename="best-epoch{epoch:03d}", auto_insert_metric_name=False,
+                                            monitor="val/acc", mode="max", save_top_k=1, **every_epoch)
+    # Its own callback: since Lightning 2.6, save_last only writes when a top-k checkpoint was written at that step,
+    # and a resumed run must find the latest epoch. A killed run loses at most the epoch it was in.
+    callbacks["last"] = ModelCheckpoint(filename=LAST_CHECKPOINT.stem, monitor=None, save_top_k=1,
+                                        enable_version_counter=False, **every_epoch)
+    callbacks["history"] = EpochHistory()
+    callbacks["nan_guard"] = NonFiniteLossGuard()
+    callbacks["run_state"] = RunState(OmegaConf.to_container(cfg, resolve=True), labels_hash)
+    for name, extra in (cfg.get("callbacks") or {}).items():
+        if extra is not None:
+            callbacks[f"extra/{name}"] = hydra.utils.instantiate(extra)
+    return callbacks
 
 
 def build_loggers(cfg: DictConfig) -> list:
@@ -252,28 +269,33 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     for lg in loggers:
         lg.log_hyperparams({**OmegaConf.to_container(cfg, resolve=True), **{k: v for k, v in results.items()
                                                                            if k.startswith("noise/")}})
-    trainer: pl.Trainer = hydra.utils.instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+    # Under DDP every process evaluates the whole val/test set (identical metrics; torchmetrics states are synced):
+    # Lightning's advice to sync epoch-level logs does not apply.
+    warnings.filterwarnings("ignore", message=r".*self.log\(.*sync_dist=True\).*distributed setting")
+    trainer: pl.Trainer = hydra.utils.instantiate(cfg.trainer, callbacks=list(callbacks.values()),
+                                                  logger=loggers or False)
 
     trainer.fit(module, datamodule=datamodule, ckpt_path=plan.checkpoint if plan else None)
-    history = callbacks[1].history
+    history = callbacks["history"].history
     results.update({k: v for k, v in (history[-1] if history else {}).items() if k in RESULT_METRICS})
     final = trainer.test(module, datamodule=datamodule, verbose=False)[0]
     results.update({k: _to_float(v) for k, v in final.items()})
     if module.test_reliability is not None and writes:
         write_json(output_dir / "reliability.json", {k: v.tolist() for k, v in module.test_reliability.items()})
 
-    checkpoint = callbacks[0]
-    best_path = checkpoint.best_model_path
-    if cfg.get("test_best", True) and has_val and best_path:
+    best_path = callbacks["best"].best_model_path if has_val else ""
+    if cfg.get("test_best", True) and best_path:
         trainer.validate(module, datamodule=datamodule, ckpt_path=best_path, verbose=False)
         best = trainer.test(module, datamodule=datamodule, ckpt_path=best_path, verbose=False)[0]
         results["test/acc_at_best_val"] = _to_float(best["test/acc"])
         results["checkpoint/best"] = best_path
     else:
         results["test/acc_at_best_val"] = results.get("test/acc")
-    results["checkpoint/last"] = checkpoint.last_model_path
+    results["checkpoint/last"] = callbacks["last"].best_model_path  # with monitor=None, "best" is the latest
     results["history"] = history
     results["world_size"] = trainer.world_size
+    if trainer.world_size > 1:
+        results["noise/labels_hash_per_rank"] = callbacks["run_state"].labels_hash_per_rank
     results["status"] = "completed"
     results["wall_time_s"] = time.time() - start  # this attempt's time (a resumed run counts from its restart)
     if writes:
