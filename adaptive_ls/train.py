@@ -111,11 +111,12 @@ class NonFiniteLossGuard(pl.Callback):
             first_bad = torch.where(first_bad == torch.iinfo(torch.long).max, -1, first_bad)
         batch = int(first_bad)  # the one host sync, once per epoch
         if batch >= 0:
-            lrs = sorted({group["lr"] for opt in trainer.optimizers for group in opt.param_groups})
+            peak = sorted({g.get("initial_lr", g["lr"]) for opt in trainer.optimizers for g in opt.param_groups})
+            kept = "; checkpoints/last.ckpt holds the last finite epoch" if trainer.current_epoch > 0 else ""
             raise NonFiniteLossError(
-                f"non-finite training loss (NaN/inf) at epoch {trainer.current_epoch}, batch {batch}: lower the "
-                f"learning rate (optimizer.lr; lr now {', '.join(f'{lr:.3g}' for lr in lrs)}) or check the smoothing "
-                f"(eps far below 0 makes the loss unbounded); checkpoints/last.ckpt holds the last finite epoch")
+                f"non-finite training loss (NaN/inf) at epoch {trainer.current_epoch}, batch {batch}: training "
+                f"diverged. Lower the learning rate (optimizer.lr={', '.join(f'{lr:g}' for lr in peak)}) or check "
+                f"the smoothing settings (a large negative eps makes the loss unbounded below){kept}")
 
 
 class RunState(pl.Callback):
@@ -278,6 +279,8 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     trainer.fit(module, datamodule=datamodule, ckpt_path=plan.checkpoint if plan else None)
     history = callbacks["history"].history
     results.update({k: v for k, v in (history[-1] if history else {}).items() if k in RESULT_METRICS})
+    if has_val and module.val_logits is None:  # no epoch left to train (a completed run reloaded): temperature
+        trainer.validate(module, datamodule=datamodule, verbose=False)  # scaling needs the validation logits
     final = trainer.test(module, datamodule=datamodule, verbose=False)[0]
     results.update({k: _to_float(v) for k, v in final.items()})
     if module.test_reliability is not None and writes:
