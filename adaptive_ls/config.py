@@ -42,6 +42,14 @@ class OutputDirError(ConfigError):
     """The output folder holds a run this one must not touch; nothing has been written there."""
 
 
+class RunCompleted(OutputDirError):
+    """The output folder holds a completed run; ``results`` is its results.json (a re-run sweep reports them)."""
+
+    def __init__(self, message: str, results: dict):
+        super().__init__(message)
+        self.results = results
+
+
 def one_line(message: str) -> str:
     return "; ".join(part.strip() for part in str(message).splitlines() if part.strip())
 
@@ -109,6 +117,28 @@ def validate_config(cfg: DictConfig) -> None:
     trainer = cfg.get("trainer") or {}
     if trainer.get("max_epochs") is not None:
         _check_int("trainer.max_epochs", trainer.max_epochs, 1)
+    _check_process_launch(trainer)
+
+
+def _check_process_launch(trainer: DictConfig) -> None:
+    """Lightning starts the other DDP processes by re-running the command line; in a Hydra multirun that line is
+    the whole sweep. There the processes must come from the cluster (SLURM, torchrun), one per device."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    strategy, devices = str(trainer.get("strategy", "auto")), trainer.get("devices", 1)
+    if "ddp" not in strategy.lower() or str(devices) == "1":
+        return
+    if not (HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN):
+        return
+    from lightning_fabric.plugins.environments import SLURMEnvironment, TorchElasticEnvironment
+
+    if SLURMEnvironment.detect() or TorchElasticEnvironment.detect():
+        return
+    raise ConfigError(
+        f"trainer.strategy={strategy} with trainer.devices={devices} in a Hydra multirun: Lightning would start the "
+        f"other processes by re-running the whole sweep. Sweep multi-device jobs with hydra/launcher=submitit_slurm "
+        f"and hydra.launcher.tasks_per_node={devices} (SLURM starts one process per device), or run them one by one")
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -171,17 +201,17 @@ def plan_resume(cfg: DictConfig) -> Optional[ResumePlan]:
     output_dir = Path(cfg.paths.output_dir)
     resume = cfg.get("resume", "auto")
     results_path, last = output_dir / "results.json", output_dir / LAST_CHECKPOINT
-    status = None
+    results: dict = {}
     if results_path.is_file():
         try:
-            status = json.loads(results_path.read_text()).get("status")
-        except (ValueError, AttributeError):
-            status = "unreadable"
-    if status == "completed" and resume is not True:
-        raise OutputDirError(
+            results = json.loads(results_path.read_text())
+        except ValueError:
+            results = {"status": "unreadable"}
+    if results.get("status") == "completed" and resume is not True:
+        raise RunCompleted(
             f"paths.output_dir={output_dir} already holds a completed run (results.json): set hydra.run.dir to a new "
             f"folder (leave it out for a fresh timestamped one), or resume=true to reload and re-test its last "
-            f"checkpoint")
+            f"checkpoint", results)
     if not last.is_file():
         if resume is True:
             raise ConfigError(f"resume=true but there is no checkpoint to continue from ({last} does not exist); "

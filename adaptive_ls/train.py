@@ -34,6 +34,7 @@ from adaptive_ls.config import (
     LAST_CHECKPOINT,
     ConfigError,
     OutputDirError,
+    RunCompleted,
     check_resumed_labels,
     config_errors,
     instantiate_datamodule,
@@ -350,27 +351,38 @@ EXPECTED_FAILURES = {ConfigError: 2, NonFiniteLossError: 1}  # exception -> exit
 
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="config")
 def main(cfg: DictConfig) -> Optional[float]:
-    """Run once; in a multirun a failed job is recorded and the sweep goes on (the sweeper sees NaN).
-
-    A bad setting exits with code 2 and one line ``error: ...``; a diverged run with code 1 and one line; anything
-    else with Hydra's (trimmed) traceback. ``HYDRA_FULL_ERROR=1`` shows the full traceback for all of them.
-    """
+    """Run once and return the metric a sweeper optimises; a failure is handled by :func:`handle_failure`."""
     try:
         results = run(cfg)
     except Exception as error:
-        record_failure(cfg, error)
-        expected = next((code for kind, code in EXPECTED_FAILURES.items() if isinstance(error, kind)), None)
-        if _is_multirun():
-            if expected is None:
-                log.exception("job failed; recorded in %s/results.json, the sweep goes on", cfg.paths.output_dir)
-            else:
-                log.error("job failed: %s (recorded in %s/results.json); the sweep goes on", error, cfg.paths.output_dir)
-            return math.nan
-        if expected is None or os.environ.get("HYDRA_FULL_ERROR") == "1":
-            raise
-        print(f"error: {error}", file=sys.stderr)
-        raise SystemExit(expected) from None
+        return handle_failure(cfg, error, multirun=_is_multirun())
     return results.get(cfg.get("optimized_metric", "val/acc_best"))
+
+
+def handle_failure(cfg: DictConfig, error: Exception, multirun: bool) -> float:
+    """Record a failed job in its results.json; in a multirun log it and return NaN so the sweep goes on.
+
+    A job whose folder holds a completed run (a sweep run again with the same hydra.sweep.dir to finish what is
+    left) returns that run's metric. Outside a multirun: a bad setting exits with code 2 and one line
+    ``error: ...`` on stderr, a diverged run with code 1 and one line, anything else raises (Hydra prints a trimmed
+    traceback); ``HYDRA_FULL_ERROR=1`` shows the full traceback for all of them.
+    """
+    record_failure(cfg, error)
+    expected = next((code for kind, code in EXPECTED_FAILURES.items() if isinstance(error, kind)), None)
+    if multirun:
+        if isinstance(error, RunCompleted):
+            log.info("job already completed in %s: its results stand", cfg.paths.output_dir)
+            return error.results.get(cfg.get("optimized_metric", "val/acc_best"), math.nan)
+        where = "" if isinstance(error, OutputDirError) else f" (recorded in {cfg.paths.output_dir}/results.json)"
+        if expected is None:
+            log.error("job failed%s; the sweep goes on", where, exc_info=error)
+        else:
+            log.error("job failed%s: %s; the sweep goes on", where, error)
+        return math.nan
+    if expected is None or os.environ.get("HYDRA_FULL_ERROR") == "1":
+        raise error
+    print(f"error: {error}", file=sys.stderr)
+    raise SystemExit(expected) from None
 
 
 if __name__ == "__main__":

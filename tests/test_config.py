@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import math
 
 import numpy as np
 import pytest
@@ -138,3 +139,47 @@ def test_a_completed_run_dir_is_refused_and_left_alone(tmp_path):
                     "resume=true")
     record_failure(compose("trainer.max_epochs=1", f"paths.output_dir={run_dir}"), error.value)
     assert {p: p.read_bytes() for p in run_dir.rglob("*") if p.is_file()} == before
+
+
+def test_failed_jobs_are_recorded_and_reported(tmp_path, capsys, monkeypatch):
+    """What main does with a failure: one line and an exit code alone, NaN (the sweep goes on) in a multirun."""
+    from adaptive_ls.config import RunCompleted
+    from adaptive_ls.train import NonFiniteLossError, handle_failure
+
+    monkeypatch.delenv("HYDRA_FULL_ERROR", raising=False)
+    cfg = compose(f"paths.output_dir={tmp_path}")
+    # a sweep run again in its folder: a completed job reports its stored metric and its folder is left alone
+    assert handle_failure(cfg, RunCompleted("completed", {"val/acc_best": 0.75}), multirun=True) == 0.75
+    assert not (tmp_path / "results.json").exists()
+    # a failed job in a sweep: recorded, NaN to the sweeper
+    assert math.isnan(handle_failure(cfg, ConfigError("smoothing.eps=2.0 is out of range"), multirun=True))
+    recorded = json.loads((tmp_path / "results.json").read_text())
+    assert recorded["status"] == "failed" and recorded["error"] == "ConfigError: smoothing.eps=2.0 is out of range"
+    # alone: one line on stderr and an exit code (2: a setting to fix; 1: a run that diverged)
+    for error, code in ((ConfigError("data.batch_size=0: allowed is an integer > 0"), 2),
+                        (NonFiniteLossError("non-finite training loss"), 1)):
+        with pytest.raises(SystemExit) as exit_:
+            handle_failure(cfg, error, multirun=False)
+        assert exit_.value.code == code and capsys.readouterr().err == f"error: {error}\n"
+    with pytest.raises(KeyError):  # anything else is a bug: Hydra shows the traceback
+        handle_failure(cfg, KeyError("bug"), multirun=False)
+    monkeypatch.setenv("HYDRA_FULL_ERROR", "1")
+    with pytest.raises(ConfigError):
+        handle_failure(cfg, ConfigError("data.batch_size=0"), multirun=False)
+
+
+def test_ddp_processes_cannot_be_started_inside_a_multirun(monkeypatch):
+    from types import SimpleNamespace
+
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    monkeypatch.setattr(HydraConfig, "initialized", staticmethod(lambda: True))
+    monkeypatch.setattr(HydraConfig, "get", staticmethod(lambda: SimpleNamespace(mode=RunMode.MULTIRUN)))
+    for name in ("SLURM_NTASKS", "SLURM_JOB_NAME", "TORCHELASTIC_RUN_ID"):
+        monkeypatch.delenv(name, raising=False)
+    with pytest.raises(ConfigError) as error:
+        validate_config(compose("trainer=ddp", "trainer.devices=2"))
+    assert_one_line(error.value, "trainer.strategy=ddp", "trainer.devices=2", "hydra/launcher=submitit_slurm",
+                    "tasks_per_node=2")
+    validate_config(compose("trainer=ddp", "trainer.devices=1"))  # one process: nothing to start
