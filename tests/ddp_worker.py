@@ -26,5 +26,7 @@ def policy_on_rank(rank: int, init_file: str, out: str) -> None:
     for index, logits, targets in steps():
         mine = slice(rank * 4, rank * 4 + 4)  # this process's half of the batch
         eps.append(policy(logits[mine], targets[mine], index[mine], Progress(0, 1, 0, 1)).eps)
-    torch.save({"memory": policy.memory, "seen": policy.seen, "eps": torch.cat(eps)}, f"{out}/rank{rank}.pt")
+    summed = policy._all_reduce(torch.full((2,), float(rank + 1)))
+    torch.save({"memory": policy.memory, "seen": policy.seen, "eps": torch.cat(eps), "summed": summed},
+               f"{out}/rank{rank}.pt")
     dist.destroy_process_group()

@@ -27,6 +27,7 @@ def test_per_sample_memory_is_the_same_on_every_process(tmp_path):
         assert torch.equal(state["seen"], single.seen), r
         mine = torch.cat([e[r * 4:r * 4 + 4] for e in eps])
         assert torch.allclose(state["eps"], mine, atol=1e-6), r  # ε of its own samples, from the shared memory
+        assert state["summed"].tolist() == [3.0, 3.0]  # _all_reduce: 1 + 2 on every process
 
 
 def test_ddp_run_on_two_cpu_processes(tmp_path):
