@@ -109,7 +109,8 @@ def validate_config(cfg: DictConfig) -> None:
     _check_int("noise_seed", cfg.get("noise_seed"), 0)
     metric = cfg.get("optimized_metric")
     if metric is not None and not str(metric).startswith(("val/", "train/")):
-        raise ConfigError(f"optimized_metric={metric!r}: allowed is a val/ or train/ metric (never tune on the test set)")
+        raise ConfigError(f"optimized_metric={metric!r}: allowed is a val/ or train/ metric "
+                          f"(never tune on the test set)")
     with config_errors("smoothing"):
         hydra.utils.instantiate(cfg.smoothing)  # the policy's constructor checks ε, schedules, signals
     with config_errors("data"):
@@ -171,9 +172,11 @@ def config_differences(saved: dict, current: dict) -> list[str]:
     def may_change(key: str) -> bool:
         return any(key == k or key.startswith(k + ".") for k in RESUME_MAY_CHANGE)
 
-    missing = object()
-    return [f"{key}: {old.get(key, missing)!r} -> {new.get(key, missing)!r}".replace(repr(missing), "(unset)")
-            for key in sorted(set(old) | set(new)) if not may_change(key) and old.get(key, missing) != new.get(key, missing)]
+    def show(flat: dict, key: str) -> str:
+        return repr(flat[key]) if key in flat else "(unset)"
+
+    return [f"{key}: {show(old, key)} -> {show(new, key)}" for key in sorted(old.keys() | new.keys())
+            if not may_change(key) and (key not in old or key not in new or old[key] != new[key])]
 
 
 def read_run_state(checkpoint: Path) -> dict:
@@ -181,10 +184,10 @@ def read_run_state(checkpoint: Path) -> dict:
     import torch
 
     try:
-        state = torch.load(checkpoint, map_location="cpu", weights_only=False, mmap=True)
+        state = torch.load(checkpoint, map_location="cpu", weights_only=True, mmap=True)
     except Exception as error:  # a truncated or foreign file: say which, do not guess
-        raise OutputDirError(f"cannot read {checkpoint} to continue from it ({type(error).__name__}: {one_line(error)}); "
-                             f"set hydra.run.dir to a new folder to start afresh") from error
+        raise OutputDirError(f"cannot read {checkpoint} to continue from it ({type(error).__name__}: "
+                             f"{one_line(error)}); set hydra.run.dir to a new folder to start afresh") from error
     return {**state.get(CHECKPOINT_KEY, {}), "epoch": int(state.get("epoch", -1))}
 
 
