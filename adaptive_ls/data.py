@@ -22,7 +22,7 @@ import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
 from torch import Tensor
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from adaptive_ls import noise as noise_lib
 
@@ -263,10 +263,13 @@ class NoisyLabelDataModule(pl.LightningDataModule):
         drop_last = train and len(index) // max(world, 1) > batch_size  # BatchNorm dislikes a last batch of one
         if self.loader == "dataloader":
             dataset = IndexedTensorDataset(images[index], labels[index], index)
-            return DataLoader(dataset, batch_size=batch_size, shuffle=train, drop_last=drop_last,
+            # Training order from (seed, epoch) alone, as TensorBatches: Lightning calls set_epoch each epoch, so a
+            # resumed run sees the same order; under DDP each process takes an equal shard.
+            sampler = DistributedSampler(dataset, num_replicas=world, rank=rank, shuffle=True, seed=self.seed,
+                                         drop_last=True) if train else None
+            return DataLoader(dataset, batch_size=batch_size, sampler=sampler, drop_last=drop_last,
                               num_workers=self.num_workers, pin_memory=torch.cuda.is_available(),
-                              persistent_workers=self.num_workers > 0,
-                              generator=torch.Generator().manual_seed(self.seed) if train else None)
+                              persistent_workers=self.num_workers > 0)
         device = self._device()
         return TensorBatches(
             self._on_device("test_images" if split == "test" else "train_images", images, device),

@@ -30,6 +30,31 @@ def test_per_sample_memory_is_the_same_on_every_process(tmp_path):
         assert state["summed"].tolist() == [3.0, 3.0]  # _all_reduce: 1 + 2 on every process
 
 
+@pytest.mark.parametrize("loader", ["device", "dataloader"])
+def test_each_process_trains_on_its_own_equal_shard(loader):
+    """Both loaders: disjoint equal shards per process, an order fixed by (seed, epoch) alone (so a resumed run
+    sees the same batches), evaluation sets whole in every process."""
+    from types import SimpleNamespace
+
+    datamodule = instantiate_datamodule(compose(f"data.loader={loader}"))
+    datamodule.setup("fit")
+
+    def epoch_indices(rank: int, epoch: int, split: str = "train") -> list[int]:
+        datamodule.trainer = SimpleNamespace(global_rank=rank, world_size=2, current_epoch=epoch,
+                                             strategy=SimpleNamespace(root_device=torch.device("cpu")))
+        batches = getattr(datamodule, f"{split}_dataloader")()
+        if hasattr(getattr(batches, "sampler", None), "set_epoch"):
+            batches.sampler.set_epoch(epoch)  # what Lightning does at each epoch
+        return torch.cat([index for _, _, index in batches]).tolist()
+
+    shards = [epoch_indices(rank, epoch=0) for rank in range(2)]
+    assert len(shards[0]) == len(shards[1]) and not set(shards[0]) & set(shards[1])
+    assert set(shards[0]) | set(shards[1]) <= set(datamodule.train_index.tolist())
+    assert epoch_indices(0, epoch=0) == shards[0]  # the same epoch again (a resumed run): the same order
+    assert epoch_indices(0, epoch=1) != shards[0]
+    assert epoch_indices(1, epoch=0, split="test") == list(range(len(datamodule.test_labels)))
+
+
 def test_ddp_run_on_two_cpu_processes(tmp_path):
     settings = ("smoothing=adaptive", "smoothing.ema=0.5", "trainer.max_epochs=1", "smoothing.warmup_epochs=0")
     run_dir = tmp_path / "ddp"
