@@ -22,7 +22,7 @@ import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
 from torch import Tensor
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from adaptive_ls import noise as noise_lib
 
@@ -173,7 +173,9 @@ class NoisyLabelDataModule(pl.LightningDataModule):
         self.batch_size, self.eval_batch_size, self.val_size = int(batch_size), int(eval_batch_size), int(val_size)
         self.clean_val, self.loader, self.num_workers = bool(clean_val), loader, int(num_workers)
         self.crop_padding, self.hflip = int(crop_padding), bool(hflip)
-        self.noise_cfg = dict(noise or {"kind": "none", "rate": 0.0})
+        # Checked now (kind, rate, class map), so a typo fails before any data is loaded.
+        self.noise_cfg = noise_lib.check_noise_config(noise or {"kind": "none", "rate": 0.0}, self.num_classes,
+                                                      self.class_names or None, self.asymmetric_map)
         self.noise_seed, self.seed = int(noise_seed), int(seed)
         self._prepared = False
         self._aug_epoch: Optional[int] = None
@@ -212,13 +214,7 @@ class NoisyLabelDataModule(pl.LightningDataModule):
 
     def make_noisy_labels(self, clean: np.ndarray, images: Tensor) -> tuple[np.ndarray, np.ndarray]:
         """Apply ``noise`` (kind, rate, class_map, ...) to the clean training labels with ``noise_seed``."""
-        cfg = dict(self.noise_cfg)
-        kind = cfg.pop("kind", "none")
-        rate = float(cfg.pop("rate", 0.0))
-        class_map = cfg.pop("class_map", None)
-        if kind == "asymmetric":
-            class_map = noise_lib.parse_class_map(class_map or self.asymmetric_map or {}, self.num_classes,
-                                                  self.class_names or None)
+        kind, rate, class_map = (self.noise_cfg.get(k) for k in ("kind", "rate", "class_map"))  # checked in __init__
         return noise_lib.corrupt_labels(clean, kind, rate, self.num_classes, self.noise_seed, class_map=class_map,
                                         features=images.numpy() if kind == "instance" else None)
 
@@ -267,10 +263,13 @@ class NoisyLabelDataModule(pl.LightningDataModule):
         drop_last = train and len(index) // max(world, 1) > batch_size  # BatchNorm dislikes a last batch of one
         if self.loader == "dataloader":
             dataset = IndexedTensorDataset(images[index], labels[index], index)
-            return DataLoader(dataset, batch_size=batch_size, shuffle=train, drop_last=drop_last,
+            # Training order from (seed, epoch) alone, as TensorBatches: Lightning calls set_epoch each epoch, so a
+            # resumed run sees the same order; under DDP each process takes an equal shard.
+            sampler = DistributedSampler(dataset, num_replicas=world, rank=rank, shuffle=True, seed=self.seed,
+                                         drop_last=True) if train else None
+            return DataLoader(dataset, batch_size=batch_size, sampler=sampler, drop_last=drop_last,
                               num_workers=self.num_workers, pin_memory=torch.cuda.is_available(),
-                              persistent_workers=self.num_workers > 0,
-                              generator=torch.Generator().manual_seed(self.seed) if train else None)
+                              persistent_workers=self.num_workers > 0)
         device = self._device()
         return TensorBatches(
             self._on_device("test_images" if split == "test" else "train_images", images, device),

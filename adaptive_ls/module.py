@@ -76,6 +76,7 @@ class LabelSmoothingClassifier(pl.LightningModule):
         self.train_loss, self.train_acc = _mean(), accuracy()
         self.eps_mean, self.eps_min, self.eps_max = _mean(), MinMetric(nan_strategy="disable"), MaxMetric(nan_strategy="disable")
         self.val_nll, self.val_acc, self.val_acc_best = _mean(), accuracy(), MaxMetric(nan_strategy="disable")
+        self.val_acc_best.persistent(True)  # spans epochs: checkpointed, so a resumed run keeps the best so far
         self._total_steps = 1
         self._eval_outputs: dict[str, list] = {"val": [], "test": []}
         self.val_logits: Optional[Tensor] = None  # last validation epoch's logits and labels, for temperature scaling
@@ -91,6 +92,9 @@ class LabelSmoothingClassifier(pl.LightningModule):
         datamodule = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
         if datamodule is not None and hasattr(datamodule, "num_train_total"):
             self.smoothing.setup(datamodule.num_train_total, self.num_classes)
+        # DDP would broadcast every buffer from rank 0 at each step; the policy keeps its per-sample memories equal
+        # on all ranks itself (SmoothingPolicy._gather), so spare it the [N, K] broadcast.
+        self._ddp_params_and_buffers_to_ignore = [f"smoothing.{name}" for name, _ in self.smoothing.named_buffers()]
 
     def on_train_start(self) -> None:
         self._total_steps = max(int(self.trainer.estimated_stepping_batches), 1)

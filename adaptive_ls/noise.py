@@ -47,6 +47,7 @@ __all__ = [
     "MNIST_ASYMMETRIC_MAP",
     "CIFAR10N_KEYS",
     "parse_class_map",
+    "check_noise_config",
     "corrupt_labels",
     "transition_matrix",
     "realized_noise_rate",
@@ -217,6 +218,53 @@ def parse_class_map(
     return parsed
 
 
+def _check_settings(
+    kind: str,
+    rate: Any,
+    num_classes: Any,
+    class_map: Mapping[Any, Any] | None,
+    class_names: Sequence[str] | None = None,
+) -> tuple[int, float, dict[int, int] | None]:
+    """The checks every noise setting gets, early (check_noise_config) and at use (corrupt_labels)."""
+    if kind not in NOISE_KINDS:
+        raise ValueError(f"noise.kind must be one of {NOISE_KINDS}, got {kind!r}")
+    num_classes = _check_num_classes(num_classes)
+    rate_f = _check_rate(kind, rate, num_classes)
+    parsed_map: dict[int, int] | None = None
+    if kind == "asymmetric":
+        if class_map is None:
+            if num_classes != 10:
+                raise ValueError(
+                    f"asymmetric noise with num_classes={num_classes} needs noise.class_map "
+                    "(source -> target); the default map is only defined for CIFAR-10 "
+                    "(num_classes=10)"
+                )
+            class_map = CIFAR10_ASYMMETRIC_MAP
+        parsed_map = parse_class_map(class_map, num_classes, class_names)
+    return num_classes, rate_f, parsed_map
+
+
+def check_noise_config(
+    noise: Mapping[str, Any],
+    num_classes: int,
+    class_names: Sequence[str] | None = None,
+    default_class_map: Mapping[Any, Any] | None = None,
+) -> dict[str, Any]:
+    """Check a ``noise`` config (``kind``, ``rate``, ``class_map``) before any data is loaded.
+
+    Raises the ValueError :func:`corrupt_labels` would raise later (unknown kind, rate outside [0, 1) or too high
+    for the kind, a class map naming a class the dataset does not have); returns the settings with ``rate`` as a
+    float and ``class_map`` parsed to ids (``default_class_map``, the dataset's, when none is given). Other keys
+    pass through untouched.
+    """
+    settings = dict(noise)
+    kind = settings["kind"] = settings.get("kind", "none")
+    _, settings["rate"], settings["class_map"] = _check_settings(
+        kind, settings.get("rate", 0.0), num_classes, settings.get("class_map") or default_class_map, class_names
+    )
+    return settings
+
+
 # ----------------------------------------------------------------------- corruption
 
 
@@ -346,23 +394,8 @@ def corrupt_labels(
     ``class_map`` is used only by ``asymmetric`` and ``features`` only by ``instance``.
     All randomness comes from ``np.random.default_rng(seed)``.
     """
-    if kind not in NOISE_KINDS:
-        raise ValueError(f"noise.kind must be one of {NOISE_KINDS}, got {kind!r}")
-    num_classes = _check_num_classes(num_classes)
+    num_classes, rate, parsed_map = _check_settings(kind, rate, num_classes, class_map)
     clean = _as_label_array(labels, "labels", num_classes)
-    rate = _check_rate(kind, rate, num_classes)
-
-    parsed_map: dict[int, int] | None = None
-    if kind == "asymmetric":
-        if class_map is None:
-            if num_classes != 10:
-                raise ValueError(
-                    f"asymmetric noise with num_classes={num_classes} needs noise.class_map "
-                    "(source -> target); the default map is only defined for CIFAR-10 "
-                    "(num_classes=10)"
-                )
-            class_map = CIFAR10_ASYMMETRIC_MAP
-        parsed_map = parse_class_map(class_map, num_classes)
     if kind == "instance" and features is None:
         raise ValueError(
             "noise.kind='instance' needs features (the training inputs, e.g. uint8 images) "

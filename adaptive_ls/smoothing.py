@@ -120,6 +120,43 @@ class SmoothingPolicy(nn.Module):
     def forward(self, logits: Tensor, targets: Tensor, index: Tensor, progress: Progress) -> SmoothingTarget:
         raise NotImplementedError
 
+    # Under data parallelism each process sees its own shard of every batch. A policy that keeps per-sample state
+    # writes the updates of all processes, so every process keeps the same memory (and checkpoints agree):
+    #     index, probs = self._gather(index, probs)          # before writing self.memory[index] = probs
+    #     self._all_reduce(self.class_sums)                   # sums accumulated per shard, once at the epoch end
+    # Every process must make the same calls at the same point (the loaders give all processes the same number of
+    # equally sized batches). Alone, both return their input unchanged.
+
+    @staticmethod
+    def _world_size() -> int:
+        import torch.distributed as dist
+
+        return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+
+    @classmethod
+    def _gather(cls, *tensors: Tensor) -> tuple[Tensor, ...]:
+        """Each tensor concatenated along dim 0 over all processes (rank order)."""
+        world = cls._world_size()
+        if world == 1:
+            return tensors
+        import torch.distributed as dist
+
+        gathered = []
+        for tensor in tensors:
+            parts = [torch.empty_like(tensor) for _ in range(world)]
+            dist.all_gather(parts, tensor.contiguous())
+            gathered.append(torch.cat(parts))
+        return tuple(gathered)
+
+    @classmethod
+    def _all_reduce(cls, tensor: Tensor) -> Tensor:
+        """``tensor`` summed over all processes, in place."""
+        if cls._world_size() > 1:
+            import torch.distributed as dist
+
+            dist.all_reduce(tensor)
+        return tensor
+
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
         # Per-sample memories are sized lazily by setup(); take the checkpoint's size so a fresh policy can load it.
         for name, buf in self._buffers.items():
@@ -304,8 +341,9 @@ class AdaptiveSmoothing(SmoothingPolicy):
         old = self.memory[index]
         seen = self.seen[index].unsqueeze(1)
         new = torch.where(seen, self.ema * old + (1.0 - self.ema) * probs, probs)
-        self.memory[index] = new
-        self.seen[index] = True
+        all_index, all_new = self._gather(index, new)  # every process's samples, so the memories stay equal
+        self.memory[all_index] = all_new
+        self.seen[all_index] = True
         return new
 
     def forward(self, logits, targets, index, progress):

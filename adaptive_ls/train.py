@@ -4,13 +4,21 @@ Composes ``conf/``, builds the data module (which owns the label noise), the bac
 Lightning Trainer, trains, tests the final and the best-validation weights, and writes into the run's folder:
 ``results.json`` (flat metrics + settings), ``noisy_labels.npy``, ``noise_transition.csv``, ``reliability.json``
 and ``checkpoints/``. ``main`` returns the validation metric a Hydra sweeper optimises.
+
+Faults: the settings are checked before anything heavy runs (adaptive_ls.config); a folder holding an interrupted run
+continues it from ``checkpoints/last.ckpt`` (saved every epoch, with the config, label hash and RNG states); a loss
+that turns NaN/inf stops the run; a failed run is recorded in its results.json and a sweep goes on.
 """
 from __future__ import annotations
 
 import json
 import logging
 import math
+import os
+import random
+import sys
 import time
+import warnings
 from pathlib import Path
 from typing import Any, Optional
 
@@ -19,7 +27,20 @@ import numpy as np
 import pytorch_lightning as pl
 import torch
 from omegaconf import DictConfig, OmegaConf
+from pytorch_lightning.utilities.rank_zero import rank_zero_only
 
+from adaptive_ls.config import (
+    CHECKPOINT_KEY,
+    LAST_CHECKPOINT,
+    ConfigError,
+    OutputDirError,
+    RunCompleted,
+    check_resumed_labels,
+    config_errors,
+    instantiate_datamodule,
+    plan_resume,
+    validate_config,
+)
 from adaptive_ls.noise import label_hash
 
 log = logging.getLogger(__name__)
@@ -30,27 +51,116 @@ RESULT_METRICS = ("test/acc", "test/nll", "test/ece", "test/ece_adaptive", "test
 
 
 class EpochHistory(pl.Callback):
-    """Keeps every epoch's logged metrics (train, val, ε, diagnostics) for results.json and the sweep report."""
+    """Keeps every epoch's logged metrics (train, val, ε, diagnostics) for results.json and the sweep report.
+
+    Recorded at the end of each training epoch (validation has run, the epoch's aggregates are computed) and before
+    that epoch's checkpoint is written, so a resumed run carries its whole history.
+    """
 
     def __init__(self):
         self.history: list[dict[str, float]] = []
-        self._last_epoch = -1
 
-    def _record(self, trainer: pl.Trainer, epoch: int) -> None:
-        if epoch <= self._last_epoch or not trainer.callback_metrics:
+    def on_train_epoch_end(self, trainer, pl_module):
+        if trainer.sanity_checking or (self.history and self.history[-1]["epoch"] >= trainer.current_epoch):
             return
-        row = {"epoch": epoch}
+        row = {"epoch": trainer.current_epoch}
         row.update({k: float(v) for k, v in trainer.callback_metrics.items() if not k.startswith("test/")})
         self.history.append(row)
-        self._last_epoch = epoch
 
-    def on_train_epoch_start(self, trainer, pl_module):  # the previous epoch's metrics are complete by now
-        if trainer.current_epoch > 0:
-            self._record(trainer, trainer.current_epoch - 1)
+    def state_dict(self) -> dict:
+        return {"history": self.history}
 
-    def on_train_end(self, trainer, pl_module):
-        self._record(trainer, trainer.current_epoch if trainer.current_epoch < (trainer.max_epochs or 0)
-                     else trainer.current_epoch - 1)
+    def load_state_dict(self, state_dict: dict) -> None:
+        self.history = list(state_dict["history"])
+
+
+class NonFiniteLossError(FloatingPointError):
+    """The training loss became NaN or infinite: the run cannot recover by itself."""
+
+
+class NonFiniteLossGuard(pl.Callback):
+    """Stops a run whose training loss became NaN/inf, with an error that says when and what to try.
+
+    Each step updates a flag on the device (the first non-finite batch of the epoch; no host sync). The flag is read
+    once per epoch, in ``on_train_epoch_end`` before the epoch's checkpoint is written, so ``last.ckpt`` keeps the
+    last finite weights. The price of the once-per-epoch check: the rest of a diverged epoch (and its validation)
+    runs in vain. Under DDP the flags are combined over all processes, so all of them stop together.
+    """
+
+    def __init__(self):
+        self._first_bad: Optional[torch.Tensor] = None
+
+    def on_train_epoch_start(self, trainer, pl_module):
+        self._first_bad = torch.full((), -1, dtype=torch.long, device=pl_module.device)
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        loss = outputs["loss"] if isinstance(outputs, dict) else outputs
+        if self._first_bad is None or not isinstance(loss, torch.Tensor):
+            return
+        bad = ~torch.isfinite(loss.detach()).all()
+        self._first_bad = torch.where(bad & (self._first_bad < 0), batch_idx, self._first_bad)
+
+    def on_train_epoch_end(self, trainer, pl_module):
+        if self._first_bad is None:
+            return
+        first_bad = self._first_bad.clone()
+        if trainer.world_size > 1:  # the earliest bad batch of any process (-1: none)
+            import torch.distributed as dist
+
+            first_bad = torch.where(first_bad < 0, torch.iinfo(torch.long).max, first_bad)
+            dist.all_reduce(first_bad, op=dist.ReduceOp.MIN)
+            first_bad = torch.where(first_bad == torch.iinfo(torch.long).max, -1, first_bad)
+        batch = int(first_bad)  # the one host sync, once per epoch
+        if batch >= 0:
+            peak = sorted({g.get("initial_lr", g["lr"]) for opt in trainer.optimizers for g in opt.param_groups})
+            kept = "; checkpoints/last.ckpt holds the last finite epoch" if trainer.current_epoch > 0 else ""
+            raise NonFiniteLossError(
+                f"non-finite training loss (NaN/inf) at epoch {trainer.current_epoch}, batch {batch}: training "
+                f"diverged. Lower the learning rate (optimizer.lr={', '.join(f'{lr:g}' for lr in peak)}) or check "
+                f"the smoothing settings (a large negative eps makes the loss unbounded below){kept}")
+
+
+class RunState(pl.Callback):
+    """What a checkpoint needs beyond Lightning's own to continue a run exactly, and to refuse a wrong one.
+
+    Saves the resolved config and the noisy labels' hash (checked by ``config.plan_resume`` before anything is
+    loaded) and the RNG states (so layers that draw from the global generator, e.g. dropout, continue the same
+    stream; data order and augmentation are seeded per epoch by the data module).
+    """
+
+    def __init__(self, config: dict, labels_hash: str):
+        self.config, self.labels_hash = config, labels_hash
+        self.labels_hash_per_rank = [labels_hash]
+
+    def on_fit_start(self, trainer, pl_module):
+        """Under DDP, check that every process made the same noisy labels (they are drawn from noise_seed alone)."""
+        if trainer.world_size > 1:
+            import torch.distributed as dist
+
+            self.labels_hash_per_rank = [None] * trainer.world_size
+            dist.all_gather_object(self.labels_hash_per_rank, self.labels_hash)
+            if len(set(self.labels_hash_per_rank)) > 1:
+                raise RuntimeError(f"the processes made different noisy labels (hashes by rank: "
+                                   f"{self.labels_hash_per_rank}); they must all use the same noise settings and data")
+
+    def on_save_checkpoint(self, trainer, pl_module, checkpoint):
+        name, keys, pos, has_gauss, gauss = np.random.get_state()  # as plain values: weights_only loading accepts them
+        rng = {"torch": torch.get_rng_state(), "numpy": [name, keys.tolist(), pos, has_gauss, gauss],
+               "python": random.getstate()}
+        if torch.cuda.is_available() and torch.cuda.is_initialized():
+            rng["cuda"] = torch.cuda.get_rng_state_all()
+        checkpoint[CHECKPOINT_KEY] = {"config": self.config, "labels_hash": self.labels_hash, "rng": rng}
+
+    def on_load_checkpoint(self, trainer, pl_module, checkpoint):
+        rng = checkpoint.get(CHECKPOINT_KEY, {}).get("rng")
+        if rng is None or trainer.state.fn != "fit":
+            return
+        torch.set_rng_state(rng["torch"])
+        name, keys, pos, has_gauss, gauss = rng["numpy"]
+        np.random.set_state((name, np.asarray(keys, dtype=np.uint32), pos, has_gauss, gauss))
+        random.setstate(rng["python"])
+        if "cuda" in rng and torch.cuda.is_available() and len(rng["cuda"]) == torch.cuda.device_count():
+            torch.cuda.set_rng_state_all(rng["cuda"])
 
 
 def _flatten(prefix: str, settings: dict) -> dict[str, Any]:
@@ -68,82 +178,132 @@ def write_json(path: Path, payload: dict) -> None:
     tmp.replace(path)
 
 
-def build_callbacks(cfg: DictConfig, output_dir: Path, has_val: bool) -> list[pl.Callback]:
+def build_callbacks(cfg: DictConfig, output_dir: Path, has_val: bool, labels_hash: str) -> dict[str, pl.Callback]:
+    """The run's callbacks by name: checkpoints (``last`` every epoch, ``best`` by val/acc), history, NaN guard,
+    resume state, and any extra ones the config names under ``callbacks`` (name: {_target_: ...})."""
     from pytorch_lightning.callbacks import ModelCheckpoint
 
-    checkpoint = ModelCheckpoint(
-        dirpath=output_dir / "checkpoints",
-        filename="best-epoch{epoch:03d}",
-        auto_insert_metric_name=False,
-        monitor="val/acc" if has_val else None,
-        mode="max",
-        save_top_k=1,
-        save_last=True,
-    )
-    return [checkpoint, EpochHistory()]
+    # Saved at the end of each training epoch: after validation and EpochHistory, so a checkpoint carries both.
+    every_epoch = dict(dirpath=output_dir / "checkpoints", every_n_epochs=1, save_on_train_epoch_end=True)
+    callbacks: dict[str, pl.Callback] = {}
+    if has_val:
+        callbacks["best"] = ModelCheckpoint(filename="best-epoch{epoch:03d}", auto_insert_metric_name=False,
+                                            monitor="val/acc", mode="max", save_top_k=1, **every_epoch)
+    # Its own callback: since Lightning 2.6, save_last only writes when a top-k checkpoint was written at that step,
+    # and a resumed run must find the latest epoch. A killed run loses at most the epoch it was in.
+    callbacks["last"] = ModelCheckpoint(filename=LAST_CHECKPOINT.stem, monitor=None, save_top_k=1,
+                                        enable_version_counter=False, **every_epoch)
+    callbacks["history"] = EpochHistory()
+    callbacks["nan_guard"] = NonFiniteLossGuard()
+    callbacks["run_state"] = RunState(OmegaConf.to_container(cfg, resolve=True), labels_hash)
+    for name, extra in (cfg.get("callbacks") or {}).items():
+        if extra is not None:
+            callbacks[f"extra/{name}"] = hydra.utils.instantiate(extra)
+    return callbacks
 
 
 def build_loggers(cfg: DictConfig) -> list:
     return [hydra.utils.instantiate(c) for c in (cfg.get("logger") or {}).values() if c is not None]
 
 
+def keep_previous_logs(loggers: list, epoch: int) -> None:
+    """Lightning's CSVLogger deletes the metrics.csv it finds; a resumed run keeps the interrupted attempt's as
+    ``metrics.until-epoch<E>.csv`` beside the continuation's (results.json's history holds every epoch)."""
+    from pytorch_lightning.loggers import CSVLogger
+
+    for logger in loggers:
+        metrics = Path(logger.log_dir) / "metrics.csv" if isinstance(logger, CSVLogger) else None
+        if metrics is not None and metrics.is_file():
+            metrics.replace(metrics.with_name(f"metrics.until-epoch{epoch:03d}.csv"))
+
+
+def is_global_zero() -> bool:
+    """Whether this process writes the run's files: the only one, or rank 0 of a distributed run (Lightning's rank,
+    read from the launcher's environment before the Trainer exists)."""
+    return rank_zero_only.rank == 0
+
+
 def run(cfg: DictConfig) -> dict[str, Any]:
-    """Train and test once as ``cfg`` says; returns (and writes) the results dictionary."""
+    """Train and test once as ``cfg`` says; returns (and writes) the results dictionary.
+
+    Checks the settings first (ConfigError), then decides whether this continues an interrupted run in the output
+    folder (``config.plan_resume``); only the global-zero process writes files.
+    """
     start = time.time()
+    validate_config(cfg)  # every check that needs no data: fails in the first second
     output_dir = Path(cfg.paths.output_dir)
-    output_dir.mkdir(parents=True, exist_ok=True)
+    plan = plan_resume(cfg)  # None: a fresh run; refuses a folder that holds another run
+    writes = is_global_zero()
     results: dict[str, Any] = {"status": "running", "seed": int(cfg.seed), "noise_seed": int(cfg.noise_seed),
                                "output_dir": str(output_dir)}
 
-    # Cheap objects first: their constructors check the settings, so a typo fails before any data is loaded.
     policy = hydra.utils.instantiate(cfg.smoothing)
-    datamodule = hydra.utils.instantiate(cfg.data, noise=OmegaConf.to_container(cfg.noise, resolve=True),
-                                         noise_seed=cfg.noise_seed, seed=cfg.seed)
+    datamodule = instantiate_datamodule(cfg)
     results.update({"smoothing": policy.name, **_flatten("smoothing", policy.hparams()),
                     "noise": cfg.noise.kind, **_flatten("noise", OmegaConf.to_container(cfg.noise, resolve=True)),
                     "data": type(datamodule).__name__, "model": cfg.model._target_.rsplit(".", 1)[-1]})
 
     pl.seed_everything(cfg.seed, workers=True)
-    datamodule.setup("fit")
+    with config_errors("data"):  # the checks that need the data: present, intact, label file, split sizes
+        datamodule.setup("fit")
     noisy = datamodule.noisy_labels.numpy()
-    np.save(output_dir / "noisy_labels.npy", noisy)
-    np.savetxt(output_dir / "noise_transition.csv", datamodule.transition_matrix(), delimiter=",", fmt="%.6f")
-    results.update({"noise/realized_rate": datamodule.realized_noise_rate, "noise/labels_hash": label_hash(noisy),
+    labels_hash = label_hash(noisy)
+    if plan is not None:
+        check_resumed_labels(plan, labels_hash)
+        results["resumed_from_epoch"] = plan.epoch
+    results.update({"noise/realized_rate": datamodule.realized_noise_rate, "noise/labels_hash": labels_hash,
                     "noise/num_noisy": int(datamodule.is_noisy.sum())})
     log.info("noise: %s rate %.3f realised %.4f (%d of %d labels), hash %s", cfg.noise.kind, cfg.noise.rate,
-             results["noise/realized_rate"], results["noise/num_noisy"], len(noisy), results["noise/labels_hash"])
+             results["noise/realized_rate"], results["noise/num_noisy"], len(noisy), labels_hash)
+    if writes:
+        output_dir.mkdir(parents=True, exist_ok=True)
+        np.save(output_dir / "noisy_labels.npy", noisy)
+        np.savetxt(output_dir / "noise_transition.csv", datamodule.transition_matrix(), delimiter=",", fmt="%.6f")
+        write_json(output_dir / "results.json", results)  # status running: a killed job shows up as such
 
     net = hydra.utils.instantiate(cfg.model, num_classes=datamodule.num_classes, in_channels=datamodule.in_channels)
     module = _build_module(cfg, net, policy, datamodule.num_classes)
     has_val = datamodule.val_size > 0
-    callbacks = build_callbacks(cfg, output_dir, has_val)
+    callbacks = build_callbacks(cfg, output_dir, has_val, labels_hash)
     loggers = build_loggers(cfg)
+    if plan is not None and writes:
+        keep_previous_logs(loggers, plan.epoch)
     for lg in loggers:
         lg.log_hyperparams({**OmegaConf.to_container(cfg, resolve=True), **{k: v for k, v in results.items()
                                                                            if k.startswith("noise/")}})
-    trainer: pl.Trainer = hydra.utils.instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+    # Under DDP every process evaluates the whole val/test set (identical metrics; torchmetrics states are synced):
+    # Lightning's advice to sync epoch-level logs does not apply.
+    warnings.filterwarnings("ignore", message=r".*self.log\(.*sync_dist=True\).*distributed setting")
+    trainer: pl.Trainer = hydra.utils.instantiate(cfg.trainer, callbacks=list(callbacks.values()),
+                                                  logger=loggers or False)
 
-    trainer.fit(module, datamodule=datamodule)
-    results.update({k: _to_float(v) for k, v in trainer.callback_metrics.items() if k in RESULT_METRICS})
+    trainer.fit(module, datamodule=datamodule, ckpt_path=plan.checkpoint if plan else None)
+    history = callbacks["history"].history
+    results.update({k: v for k, v in (history[-1] if history else {}).items() if k in RESULT_METRICS})
+    if has_val and module.val_logits is None:  # no epoch left to train (a completed run reloaded): temperature
+        trainer.validate(module, datamodule=datamodule, verbose=False)  # scaling needs the validation logits
     final = trainer.test(module, datamodule=datamodule, verbose=False)[0]
     results.update({k: _to_float(v) for k, v in final.items()})
-    if module.test_reliability is not None:
+    if module.test_reliability is not None and writes:
         write_json(output_dir / "reliability.json", {k: v.tolist() for k, v in module.test_reliability.items()})
 
-    checkpoint = callbacks[0]
-    best_path = checkpoint.best_model_path
-    if cfg.get("test_best", True) and has_val and best_path:
+    best_path = callbacks["best"].best_model_path if has_val else ""
+    if cfg.get("test_best", True) and best_path:
         trainer.validate(module, datamodule=datamodule, ckpt_path=best_path, verbose=False)
         best = trainer.test(module, datamodule=datamodule, ckpt_path=best_path, verbose=False)[0]
         results["test/acc_at_best_val"] = _to_float(best["test/acc"])
         results["checkpoint/best"] = best_path
     else:
         results["test/acc_at_best_val"] = results.get("test/acc")
-    results["checkpoint/last"] = checkpoint.last_model_path
-    results["history"] = callbacks[1].history
+    results["checkpoint/last"] = callbacks["last"].best_model_path  # with monitor=None, "best" is the latest
+    results["history"] = history
+    results["world_size"] = trainer.world_size
+    if trainer.world_size > 1:
+        results["noise/labels_hash_per_rank"] = callbacks["run_state"].labels_hash_per_rank
     results["status"] = "completed"
-    results["wall_time_s"] = time.time() - start
-    write_json(output_dir / "results.json", results)
+    results["wall_time_s"] = time.time() - start  # this attempt's time (a resumed run counts from its restart)
+    if writes:
+        write_json(output_dir / "results.json", results)
     log.info("results: test/acc %.4f  test/ece %.4f  test/nll %.4f  (%s)", results.get("test/acc", math.nan),
              results.get("test/ece", math.nan), results.get("test/nll", math.nan), output_dir / "results.json")
     return results
@@ -169,27 +329,60 @@ def _is_multirun() -> bool:
 
 
 def record_failure(cfg: DictConfig, error: BaseException) -> None:
-    """Mark the run failed in its results.json (keeping what it had measured) so a sweep report can name it."""
+    """Mark the run failed in its results.json (keeping what it had measured) so a sweep report can name it.
+
+    Not for an OutputDirError: that folder belongs to another run, and its results.json stays as it is."""
+    if isinstance(error, OutputDirError) or not is_global_zero():
+        return
     path = Path(cfg.paths.output_dir) / "results.json"
-    results = json.loads(path.read_text()) if path.is_file() else {}
-    results.update({"status": "failed", "error": f"{type(error).__name__}: {error}", "seed": int(cfg.seed),
-                    "noise_seed": int(cfg.noise_seed)})
+    try:
+        results = json.loads(path.read_text()) if path.is_file() else {}
+    except ValueError:
+        results = {}
+    results.update({"status": "failed", "error": f"{type(error).__name__}: {error}", "seed": cfg.get("seed"),
+                    "noise_seed": cfg.get("noise_seed")})
     path.parent.mkdir(parents=True, exist_ok=True)
     write_json(path, results)
 
 
+# Failures with a message that says what to do: shown as one line (no traceback unless HYDRA_FULL_ERROR=1).
+EXPECTED_FAILURES = {ConfigError: 2, NonFiniteLossError: 1}  # exception -> exit code
+
+
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="config")
 def main(cfg: DictConfig) -> Optional[float]:
-    """Run once; in a multirun a failed job is recorded and the sweep goes on (the sweeper sees NaN)."""
+    """Run once and return the metric a sweeper optimises; a failure is handled by :func:`handle_failure`."""
     try:
         results = run(cfg)
     except Exception as error:
-        record_failure(cfg, error)
-        if not _is_multirun():
-            raise
-        log.exception("job failed; recorded in %s/results.json, the sweep goes on", cfg.paths.output_dir)
-        return math.nan
+        return handle_failure(cfg, error, multirun=_is_multirun())
     return results.get(cfg.get("optimized_metric", "val/acc_best"))
+
+
+def handle_failure(cfg: DictConfig, error: Exception, multirun: bool) -> float:
+    """Record a failed job in its results.json; in a multirun log it and return NaN so the sweep goes on.
+
+    A job whose folder holds a completed run (a sweep run again with the same hydra.sweep.dir to finish what is
+    left) returns that run's metric. Outside a multirun: a bad setting exits with code 2 and one line
+    ``error: ...`` on stderr, a diverged run with code 1 and one line, anything else raises (Hydra prints a trimmed
+    traceback); ``HYDRA_FULL_ERROR=1`` shows the full traceback for all of them.
+    """
+    record_failure(cfg, error)
+    expected = next((code for kind, code in EXPECTED_FAILURES.items() if isinstance(error, kind)), None)
+    if multirun:
+        if isinstance(error, RunCompleted):
+            log.info("job already completed in %s: its results stand", cfg.paths.output_dir)
+            return error.results.get(cfg.get("optimized_metric", "val/acc_best"), math.nan)
+        where = "" if isinstance(error, OutputDirError) else f" (recorded in {cfg.paths.output_dir}/results.json)"
+        if expected is None:
+            log.error("job failed%s; the sweep goes on", where, exc_info=error)
+        else:
+            log.error("job failed%s: %s; the sweep goes on", where, error)
+        return math.nan
+    if expected is None or os.environ.get("HYDRA_FULL_ERROR") == "1":
+        raise error
+    print(f"error: {error}", file=sys.stderr)
+    raise SystemExit(expected) from None
 
 
 if __name__ == "__main__":
