@@ -19,7 +19,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from omegaconf import DictConfig, open_dict
+
+# Test workloads are tiny: one thread each is faster than torch's default, and far faster on a shared CI machine
+# where oversubscribed OpenMP threads spin (measured 4-8x on 2 busy cores). Override with OMP_NUM_THREADS.
+TORCH_THREADS = int(os.environ.get("OMP_NUM_THREADS", "1"))
+torch.set_num_threads(TORCH_THREADS)
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 CONF_DIR = REPO_ROOT / "conf"
@@ -48,9 +54,12 @@ def run_config_in(cfg: DictConfig, output_dir: Path) -> dict:
     from adaptive_ls.train import run
 
     with open_dict(cfg):
-        cfg.paths.output_dir = str(output_dir)
         cfg.hydra.runtime.output_dir = str(output_dir)
+        cfg.hydra.job.num = 0
+        cfg.paths.output_dir = str(output_dir)
     HydraConfig().set_config(cfg)
+    with open_dict(cfg):  # as Hydra's run_job does: the task sees its config without the `hydra` node
+        del cfg["hydra"]
     return run(cfg)
 
 
@@ -59,6 +68,7 @@ def run_entry_point_in(*overrides: str, run_dir: Path, cwd: Path, timeout: float
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO_ROOT), env.get("PYTHONPATH", "")) if p)
     env.pop("HYDRA_FULL_ERROR", None)
+    env.setdefault("OMP_NUM_THREADS", str(TORCH_THREADS))
     return subprocess.run(
         [sys.executable, "-m", "adaptive_ls.train", *overrides, f"hydra.run.dir={run_dir}"],
         cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout,
