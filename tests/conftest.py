@@ -48,7 +48,11 @@ def compose_config(*overrides: str) -> DictConfig:
 
 
 def run_config_in(cfg: DictConfig, output_dir: Path) -> dict:
-    """Run ``adaptive_ls.train.run`` with every output in ``output_dir`` (what Hydra's run dir would be)."""
+    """Run ``adaptive_ls.train.run`` with every output in ``output_dir`` (what Hydra's run dir would be).
+
+    ``cfg`` (from :func:`compose_config`) is changed in place: its ``hydra`` node is registered with HydraConfig and
+    removed, as ``@hydra.main`` does before calling the task.
+    """
     from hydra.core.hydra_config import HydraConfig
 
     from adaptive_ls.train import run
