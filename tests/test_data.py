@@ -1,0 +1,257 @@
+"""Tests for adaptive_ls.data: CIFAR-10 from torchvision's on-disk layout, noise and splits, batches, augmentation."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from adaptive_ls.data import CIFAR10DataModule, DigitsDataModule, batch_random_crop, batch_random_hflip
+
+SYMMETRIC_40 = {"kind": "symmetric", "rate": 0.4}
+
+
+def cifar_module(tiny, **kwargs) -> CIFAR10DataModule:
+    """A set-up module over the tiny CIFAR-10 (100 train, 30 test): 20 for validation, 80 in batches of 16."""
+    settings = dict(root=str(tiny.root), verify=False, val_size=20, batch_size=16, eval_batch_size=7,
+                    noise=SYMMETRIC_40, noise_seed=0, seed=0)
+    settings.update(kwargs)
+    dm = CIFAR10DataModule(**settings)
+    with pytest.warns(UserWarning, match="data.verify=false"):
+        dm.setup("fit")
+    return dm
+
+
+def one_epoch(loader) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    images, labels, index = zip(*loader)
+    return torch.cat(images), torch.cat(labels), torch.cat(index)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Loading CIFAR-10
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def test_verify_true_rejects_files_that_fail_the_checksums(tiny_cifar10):
+    dm = CIFAR10DataModule(root=str(tiny_cifar10.root), val_size=20)  # verify defaults to true
+    with pytest.raises(ValueError, match=r"data\.verify=true.*checksums.*data\.verify=false"):
+        dm.setup("fit")
+
+
+def test_verify_false_loads_the_files_with_a_warning(tiny_cifar10):
+    dm = cifar_module(tiny_cifar10, noise={"kind": "none", "rate": 0.0})
+    assert dm.train_images.dtype == torch.uint8 and dm.train_images.shape == (100, 3, 32, 32)
+    np.testing.assert_array_equal(dm.train_images.numpy(), tiny_cifar10.train_images)  # batches 1..5 in order
+    np.testing.assert_array_equal(dm.clean_labels.numpy(), tiny_cifar10.train_labels)
+    np.testing.assert_array_equal(dm.test_images.numpy(), tiny_cifar10.test_images)
+    np.testing.assert_array_equal(dm.test_labels.numpy(), tiny_cifar10.test_labels)
+    assert dm.num_train_total == 100 and dm.in_channels == 3 and dm.num_classes == 10
+
+
+def test_missing_data_without_download_names_root_and_download(tmp_path):
+    dm = CIFAR10DataModule(root=str(tmp_path / "nowhere"), download=False)
+    with pytest.raises(FileNotFoundError, match=r"data\.root=.*nowhere.*data\.download=true"):
+        dm.setup("fit")
+
+
+def test_a_missing_file_is_named(tiny_cifar10):
+    (tiny_cifar10.root / "cifar-10-batches-py" / "data_batch_3").unlink()
+    with pytest.raises(FileNotFoundError, match="missing data_batch_3"):
+        CIFAR10DataModule(root=str(tiny_cifar10.root), verify=False).setup("fit")
+
+
+@pytest.mark.parametrize("kwargs, key", [
+    ({"batch_size": 0}, r"data\.batch_size=0"),
+    ({"eval_batch_size": -1}, r"data\.eval_batch_size=-1"),
+    ({"val_size": -5}, r"data\.val_size=-5"),
+    ({"loader": "gpu"}, r"data\.loader='gpu'.*device, dataloader"),
+])
+def test_bad_settings_fail_at_construction_naming_the_key(tmp_path, kwargs, key):
+    with pytest.raises(ValueError, match=key):
+        CIFAR10DataModule(root=str(tmp_path), **kwargs)
+
+
+def test_val_size_must_leave_training_data(tiny_cifar10):
+    dm = CIFAR10DataModule(root=str(tiny_cifar10.root), verify=False, val_size=100)
+    with pytest.raises(ValueError, match=r"data\.val_size=100 must be smaller than the training set \(100"):
+        with pytest.warns(UserWarning):
+            dm.setup("fit")
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Noise and splits
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def test_noise_touches_training_labels_only(tiny_cifar10):
+    dm = cifar_module(tiny_cifar10)
+    clean, noisy = dm.clean_labels.numpy(), dm.noisy_labels.numpy()
+    np.testing.assert_array_equal(clean, tiny_cifar10.train_labels)
+    np.testing.assert_array_equal(dm.test_labels.numpy(), tiny_cifar10.test_labels)  # the test set stays clean
+    assert int((noisy != clean).sum()) == 40  # exactly round(0.4 * 100)
+    np.testing.assert_array_equal(dm.is_noisy.numpy(), noisy != clean)
+    assert dm.realized_noise_rate == pytest.approx(0.4)
+    matrix = dm.transition_matrix()
+    assert matrix.shape == (10, 10) and np.allclose(matrix.sum(1), 1)
+    assert np.trace(matrix) / 10 == pytest.approx(0.6, abs=0.15)  # ~60% of each class keeps its label
+
+
+def test_noise_depends_on_noise_seed_only(tiny_cifar10):
+    base = cifar_module(tiny_cifar10).noisy_labels
+    assert torch.equal(cifar_module(tiny_cifar10, seed=7).noisy_labels, base)  # training seed: same noise
+    assert not torch.equal(cifar_module(tiny_cifar10, noise_seed=1).noisy_labels, base)
+
+
+def test_validation_split_is_carved_from_the_noisy_training_set(tiny_cifar10):
+    dm = cifar_module(tiny_cifar10)
+    train, val = set(dm.train_index.tolist()), set(dm.val_index.tolist())
+    assert len(val) == 20 and len(train) == 80
+    assert not train & val and train | val == set(range(100))
+    assert bool(dm.is_noisy[dm.val_index].any())  # some validation labels are wrong, as in real noisy data
+    _, labels, index = one_epoch(dm.val_dataloader())
+    assert set(index.tolist()) == val
+    assert torch.equal(labels, dm.noisy_labels[index])
+    # clean_val=true validates on the true labels instead
+    dm_clean = cifar_module(tiny_cifar10, clean_val=True)
+    _, labels, index = one_epoch(dm_clean.val_dataloader())
+    assert torch.equal(labels, dm_clean.clean_labels[index])
+    # the split moves with the noise seed, not the training seed
+    assert torch.equal(cifar_module(tiny_cifar10, seed=5).val_index, dm.val_index)
+    assert not torch.equal(cifar_module(tiny_cifar10, noise_seed=5).val_index, dm.val_index)
+
+
+def test_no_validation_split(tiny_cifar10):
+    dm = cifar_module(tiny_cifar10, val_size=0)
+    assert len(dm.train_index) == 100 and len(dm.val_index) == 0 and dm.val_dataloader() == []
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Batches
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("loader", ["device", "dataloader"])
+def test_training_batches_carry_the_full_training_set_index(tiny_cifar10, loader):
+    dm = cifar_module(tiny_cifar10, loader=loader)
+    batches = list(dm.train_dataloader())
+    assert len(batches) == 5 and all(b[0].shape == (16, 3, 32, 32) for b in batches)
+    for raw in batches:
+        images, labels, index = dm.on_after_batch_transfer(raw, 0)
+        assert images.dtype == torch.float32 and labels.dtype == torch.long
+        assert torch.equal(raw[0], dm.train_images[index])  # index is the position in the full training set
+        assert torch.equal(labels, dm.noisy_labels[index])
+        assert set(index.tolist()) <= set(dm.train_index.tolist())
+        mean, std = torch.tensor(CIFAR10DataModule.mean), torch.tensor(CIFAR10DataModule.std)
+        expected = (dm.train_images[index].float() / 255 - mean.view(1, 3, 1, 1)) / std.view(1, 3, 1, 1)
+        torch.testing.assert_close(images, expected)  # no trainer, not training: normalised, not augmented
+
+
+def test_device_and_dataloader_loaders_give_the_same_samples(tiny_cifar10):
+    epochs = {}
+    for loader in ("device", "dataloader"):
+        dm = cifar_module(tiny_cifar10, loader=loader)
+        images, labels, index = one_epoch(dm.train_dataloader())
+        order = index.argsort()
+        epochs[loader] = (images[order], labels[order], index[order])
+        assert torch.equal(index[order], dm.train_index)  # every training sample once per epoch
+    for a, b in zip(epochs["device"], epochs["dataloader"]):
+        assert torch.equal(a, b)
+
+
+def test_device_loader_shuffles_per_epoch_reproducibly(tiny_cifar10):
+    loader = cifar_module(tiny_cifar10).train_dataloader()
+    first, second = one_epoch(loader)[2], one_epoch(loader)[2]
+    assert not torch.equal(first, second) and torch.equal(first.sort().values, second.sort().values)
+    again = cifar_module(tiny_cifar10).train_dataloader()
+    assert torch.equal(one_epoch(again)[2], first) and torch.equal(one_epoch(again)[2], second)
+    other_seed = cifar_module(tiny_cifar10, seed=1).train_dataloader()
+    assert not torch.equal(one_epoch(other_seed)[2], first)
+
+
+def test_test_batches_are_the_clean_test_set_in_order(tiny_cifar10):
+    dm = cifar_module(tiny_cifar10)
+    images, labels, index = one_epoch(dm.test_dataloader())
+    assert torch.equal(index, torch.arange(30)) and torch.equal(labels, torch.as_tensor(tiny_cifar10.test_labels))
+    assert torch.equal(images, dm.test_images)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Augmentation
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def random_images(n=64, c=3, size=8, seed=0) -> torch.Tensor:
+    return torch.randint(0, 256, (n, c, size, size), dtype=torch.uint8, generator=torch.Generator().manual_seed(seed))
+
+
+def test_crop_with_zero_padding_is_the_identity():
+    images = random_images()
+    assert torch.equal(batch_random_crop(images, 0, torch.Generator().manual_seed(0)), images)
+
+
+def test_each_crop_is_a_window_of_the_zero_padded_image():
+    images, padding = random_images(), 2
+    out = batch_random_crop(images, padding, torch.Generator().manual_seed(0))
+    assert out.shape == images.shape and out.dtype == torch.uint8
+    padded = F.pad(images, (padding,) * 4)
+    offsets = []
+    for i in range(images.shape[0]):
+        matches = [(dy, dx) for dy in range(2 * padding + 1) for dx in range(2 * padding + 1)
+                   if torch.equal(out[i], padded[i, :, dy:dy + 8, dx:dx + 8])]
+        assert matches, f"crop {i} is not a window of its padded image"
+        offsets.append(matches[0])
+    assert len(set(offsets)) > 10  # the offsets really are random (25 possible)
+
+
+def test_crop_and_flip_are_reproducible_from_the_generator_seed():
+    images = random_images()
+    crop = [batch_random_crop(images, 4, torch.Generator().manual_seed(s)) for s in (3, 3, 4)]
+    assert torch.equal(crop[0], crop[1]) and not torch.equal(crop[0], crop[2])
+    flip = [batch_random_hflip(images, torch.Generator().manual_seed(s)) for s in (3, 3, 4)]
+    assert torch.equal(flip[0], flip[1]) and not torch.equal(flip[0], flip[2])
+
+
+def test_hflip_flips_about_half_the_images():
+    images = random_images(n=400)
+    out = batch_random_hflip(images, torch.Generator().manual_seed(0))
+    flipped = torch.tensor([torch.equal(o, i.flip(-1)) for o, i in zip(out, images)])
+    kept = torch.tensor([torch.equal(o, i) for o, i in zip(out, images)])
+    assert torch.all(flipped ^ kept)  # each image is either itself or its mirror image
+    assert 140 < int(flipped.sum()) < 260
+
+
+def test_module_augment_crops_and_flips(tiny_cifar10):
+    dm = cifar_module(tiny_cifar10, crop_padding=4, hflip=True)
+    images = dm.train_images[:32]
+    out = dm.augment(images)
+    padded = F.pad(images, (4,) * 4)
+    for i in range(32):
+        windows = [padded[i, :, dy:dy + 32, dx:dx + 32] for dy in range(9) for dx in range(9)]
+        assert any(torch.equal(out[i], w) or torch.equal(out[i], w.flip(-1)) for w in windows)
+    assert not torch.equal(out, images)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Digits
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def test_digits_has_all_1797_images_and_a_fixed_clean_test_set():
+    a = DigitsDataModule(noise=SYMMETRIC_40, noise_seed=0, seed=0)
+    b = DigitsDataModule(noise=SYMMETRIC_40, noise_seed=3, seed=5)
+    a.setup("fit"), b.setup("fit")
+    assert a.num_train_total + len(a.test_labels) == 1797
+    assert a.train_images.shape[1:] == (1, 8, 8) and a.train_images.dtype == torch.uint8
+    assert int(a.train_images.max()) == 255 and a.in_channels == 1
+    # the test set (and the clean training labels) do not move with noise_seed or seed
+    assert torch.equal(a.test_images, b.test_images) and torch.equal(a.test_labels, b.test_labels)
+    assert torch.equal(a.clean_labels, b.clean_labels)
+    assert not torch.equal(a.noisy_labels, b.noisy_labels)  # the noise does
+    # stratified 20%: every class has ~20% of its images in the test set
+    counts = torch.bincount(a.test_labels, minlength=10).float()
+    totals = counts + torch.bincount(a.clean_labels, minlength=10).float()
+    assert torch.allclose(counts / totals, torch.full((10,), 0.2), atol=0.01)
+    # noise on the training labels only, exactly round(0.4 N)
+    assert int(a.is_noisy.sum()) == round(0.4 * a.num_train_total)
+    assert torch.equal(a.is_noisy, a.noisy_labels != a.clean_labels)
+    assert len(a.val_index) == 150 and len(a.train_index) == a.num_train_total - 150
