@@ -309,13 +309,17 @@ class NoisyLabelDataModule(pl.LightningDataModule):
         images = batch_random_crop(images, self.crop_padding, generator)
         return batch_random_hflip(images, generator) if self.hflip else images
 
-    def on_after_batch_transfer(self, batch, dataloader_idx: int):
+    def prepare_batch(self, batch, augment: bool):
+        """(uint8 images, labels, index) on the device → (normalised float images, labels, index), augmented or not."""
         images, labels, index = batch
-        trainer = getattr(self, "trainer", None)
-        if trainer is not None and trainer.training:
+        if augment:
             images = self.augment(images)
         mean, std = self._on_device("mean", self._mean, images.device), self._on_device("std", self._std, images.device)
         return normalize(images, mean, std), labels, index
+
+    def on_after_batch_transfer(self, batch, dataloader_idx: int):
+        trainer = getattr(self, "trainer", None)
+        return self.prepare_batch(batch, augment=trainer is not None and trainer.training)
 
 
 class DigitsDataModule(NoisyLabelDataModule):

@@ -20,6 +20,7 @@ import pytorch_lightning as pl
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from adaptive_ls.diagnostics import NoiseDiagnostics
 from adaptive_ls.noise import label_hash
 
 log = logging.getLogger(__name__)
@@ -117,6 +118,8 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     module = _build_module(cfg, net, policy, datamodule.num_classes)
     has_val = datamodule.val_size > 0
     callbacks = build_callbacks(cfg, output_dir, has_val)
+    if cfg.get("diagnostics") and NoiseDiagnostics.applies_to(datamodule):  # memorisation etc.: needs true labels
+        callbacks.append(hydra.utils.instantiate(cfg.diagnostics))
     loggers = build_loggers(cfg)
     for lg in loggers:
         lg.log_hyperparams({**OmegaConf.to_container(cfg, resolve=True), **{k: v for k, v in results.items()
@@ -124,7 +127,8 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     trainer: pl.Trainer = hydra.utils.instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
 
     trainer.fit(module, datamodule=datamodule)
-    results.update({k: _to_float(v) for k, v in trainer.callback_metrics.items() if k in RESULT_METRICS})
+    results.update({k: _to_float(v) for k, v in trainer.callback_metrics.items()
+                    if k in RESULT_METRICS or k.startswith("diag/")})
     final = trainer.test(module, datamodule=datamodule, verbose=False)[0]
     results.update({k: _to_float(v) for k, v in final.items()})
     if module.test_reliability is not None:
