@@ -12,6 +12,7 @@ device in ``on_after_batch_transfer``, seeded per epoch so a run (and a resumed 
 """
 from __future__ import annotations
 
+import logging
 import os
 import warnings
 from pathlib import Path
@@ -25,6 +26,8 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
 from adaptive_ls import noise as noise_lib
+
+log = logging.getLogger(__name__)
 
 LOADERS = ("device", "dataloader")
 
@@ -214,6 +217,8 @@ class NoisyLabelDataModule(pl.LightningDataModule):
         """Apply ``noise`` (kind, rate, class_map, ...) to the clean training labels with ``noise_seed``."""
         cfg = dict(self.noise_cfg)
         kind = cfg.pop("kind", "none")
+        if kind == noise_lib.LABEL_FILE_KIND:  # real (human) noise: labels from a file, e.g. CIFAR-10N
+            return self._labels_from_file(clean, cfg)
         rate = float(cfg.pop("rate", 0.0))
         class_map = cfg.pop("class_map", None)
         if kind == "asymmetric":
@@ -221,6 +226,17 @@ class NoisyLabelDataModule(pl.LightningDataModule):
                                                   self.class_names or None)
         return noise_lib.corrupt_labels(clean, kind, rate, self.num_classes, self.noise_seed, class_map=class_map,
                                         features=images.numpy() if kind == "instance" else None)
+
+    def _labels_from_file(self, clean: np.ndarray, cfg: Mapping[str, Any]) -> tuple[np.ndarray, np.ndarray]:
+        if not cfg.get("path"):
+            raise ValueError("noise.kind='file' needs noise.path: a .npy, .pt or .pth file with one label per "
+                             "training image, in the training set's order")
+        noisy, is_noisy = noise_lib.noisy_labels_from_file(cfg["path"], clean, self.num_classes, key=cfg.get("key"),
+                                                           clean_key=cfg.get("clean_key"))
+        checked = f", its {cfg['clean_key']!r} equal to the dataset's labels" if cfg.get("clean_key") else ""
+        log.info("noise from %s (key %s%s): realised noise rate %.2f%%", cfg["path"], cfg.get("key"), checked,
+                 100 * float(is_noisy.mean()))
+        return noisy, is_noisy
 
     @property
     def num_train_total(self) -> int:

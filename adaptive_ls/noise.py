@@ -52,6 +52,8 @@ __all__ = [
     "realized_noise_rate",
     "label_hash",
     "load_label_file",
+    "LABEL_FILE_KIND",
+    "noisy_labels_from_file",
 ]
 
 NOISE_KINDS = ("none", "symmetric", "asymmetric", "pairflip", "instance")
@@ -502,3 +504,36 @@ def load_label_file(
             f"expected [0, {num_classes})"
         )
     return arr
+
+
+# noise.kind that takes the training labels from a file instead of corrupting them (CIFAR-10N and the like).
+LABEL_FILE_KIND = "file"
+
+
+def noisy_labels_from_file(
+    path: str | Path,
+    dataset_labels: Any,
+    num_classes: int,
+    key: str | None = None,
+    clean_key: str | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Noisy training labels from a label file aligned with the dataset's training order, and the is_noisy mask.
+
+    The file must have one label per training sample, in ``[0, num_classes)``. With ``clean_key`` (CIFAR-10N:
+    ``clean_label``) the file's own true labels must equal ``dataset_labels`` exactly: any disagreement means the
+    file is in another order or belongs to another dataset, and training on it would be noise of the wrong kind.
+    ``is_noisy`` is ``noisy != dataset_labels``.
+    """
+    labels = _as_label_array(dataset_labels, "dataset_labels", num_classes)
+    noisy = load_label_file(path, key, num_samples=labels.size, num_classes=num_classes)
+    if clean_key is not None:
+        clean = load_label_file(path, clean_key, num_samples=labels.size, num_classes=num_classes)
+        disagree = int(np.sum(clean != labels))
+        if disagree:
+            raise ValueError(
+                f"noise.clean_key={clean_key!r} of noise.path={str(path)!r} disagrees with the dataset's training "
+                f"labels on {disagree} of {labels.size} samples ({disagree / labels.size:.1%}): the file is not in "
+                "this dataset's training order (CIFAR-10N follows torchvision's CIFAR-10 training order) or belongs "
+                "to another dataset"
+            )
+    return noisy, noisy != labels

@@ -111,7 +111,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     np.savetxt(output_dir / "noise_transition.csv", datamodule.transition_matrix(), delimiter=",", fmt="%.6f")
     results.update({"noise/realized_rate": datamodule.realized_noise_rate, "noise/labels_hash": label_hash(noisy),
                     "noise/num_noisy": int(datamodule.is_noisy.sum())})
-    log.info("noise: %s rate %.3f realised %.4f (%d of %d labels), hash %s", cfg.noise.kind, cfg.noise.rate,
+    log.info("noise: %s rate %s realised %.4f (%d of %d labels), hash %s", cfg.noise.kind, cfg.noise.get("rate"),
              results["noise/realized_rate"], results["noise/num_noisy"], len(noisy), results["noise/labels_hash"])
 
     net = hydra.utils.instantiate(cfg.model, num_classes=datamodule.num_classes, in_channels=datamodule.in_channels)
