@@ -12,6 +12,7 @@ device in ``on_after_batch_transfer``, seeded per epoch so a run (and a resumed 
 """
 from __future__ import annotations
 
+import logging
 import os
 import warnings
 from pathlib import Path
@@ -25,6 +26,8 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from adaptive_ls import noise as noise_lib
+
+log = logging.getLogger(__name__)
 
 LOADERS = ("device", "dataloader")
 
@@ -214,9 +217,20 @@ class NoisyLabelDataModule(pl.LightningDataModule):
 
     def make_noisy_labels(self, clean: np.ndarray, images: Tensor) -> tuple[np.ndarray, np.ndarray]:
         """Apply ``noise`` (kind, rate, class_map, ...) to the clean training labels with ``noise_seed``."""
-        kind, rate, class_map = (self.noise_cfg.get(k) for k in ("kind", "rate", "class_map"))  # checked in __init__
+        kind = self.noise_cfg["kind"]  # settings checked (and class_map parsed) in __init__
+        if kind == noise_lib.LABEL_FILE_KIND:  # real (human) noise: labels from a file, e.g. CIFAR-10N
+            return self._labels_from_file(clean, self.noise_cfg)
+        rate, class_map = self.noise_cfg["rate"], self.noise_cfg["class_map"]
         return noise_lib.corrupt_labels(clean, kind, rate, self.num_classes, self.noise_seed, class_map=class_map,
                                         features=images.numpy() if kind == "instance" else None)
+
+    def _labels_from_file(self, clean: np.ndarray, cfg: Mapping[str, Any]) -> tuple[np.ndarray, np.ndarray]:
+        noisy, is_noisy = noise_lib.noisy_labels_from_file(cfg["path"], clean, self.num_classes, key=cfg.get("key"),
+                                                           clean_key=cfg.get("clean_key"))
+        checked = f", its {cfg['clean_key']!r} equal to the dataset's labels" if cfg.get("clean_key") else ""
+        log.info("noise from %s (key %s%s): realised noise rate %.2f%%", cfg["path"], cfg.get("key"), checked,
+                 100 * float(is_noisy.mean()))
+        return noisy, is_noisy
 
     @property
     def num_train_total(self) -> int:
@@ -308,13 +322,17 @@ class NoisyLabelDataModule(pl.LightningDataModule):
         images = batch_random_crop(images, self.crop_padding, generator)
         return batch_random_hflip(images, generator) if self.hflip else images
 
-    def on_after_batch_transfer(self, batch, dataloader_idx: int):
+    def prepare_batch(self, batch, augment: bool):
+        """(uint8 images, labels, index) on the device → (normalised float images, labels, index), augmented or not."""
         images, labels, index = batch
-        trainer = getattr(self, "trainer", None)
-        if trainer is not None and trainer.training:
+        if augment:
             images = self.augment(images)
         mean, std = self._on_device("mean", self._mean, images.device), self._on_device("std", self._std, images.device)
         return normalize(images, mean, std), labels, index
+
+    def on_after_batch_transfer(self, batch, dataloader_idx: int):
+        trainer = getattr(self, "trainer", None)
+        return self.prepare_batch(batch, augment=trainer is not None and trainer.training)
 
 
 class DigitsDataModule(NoisyLabelDataModule):
@@ -410,3 +428,132 @@ def load_cifar10(root: str, train: bool, download: bool = False, verify: bool = 
             self.class_to_idx = {c: i for i, c in enumerate(self.classes)}
 
     return _UncheckedCIFAR10(root, train=train, download=False)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Any ImageFolder tree (real noisy-label datasets are distributed that way), decoded once and cached
+# ---------------------------------------------------------------------------------------------------------------------
+
+IMAGE_FOLDER_CACHE_VERSION = 1  # bump when the cached layout or the decoding changes: old caches are then ignored
+
+
+def decode_image_file(path: str, size: tuple[int, int], grayscale: bool = False) -> Tensor:
+    """One image file → uint8 [C, H, W] of ``size`` (antialiased resize): torchvision's decoders, PIL for the rest."""
+    from torchvision.io import ImageReadMode, decode_image
+    from torchvision.transforms.v2.functional import resize
+
+    try:
+        image = decode_image(path, mode=ImageReadMode.GRAY if grayscale else ImageReadMode.RGB)
+    except RuntimeError:  # formats torchvision does not decode (bmp, tiff, ppm): PIL
+        from PIL import Image
+
+        with Image.open(path) as im:
+            array = np.asarray(im.convert("L" if grayscale else "RGB"))
+        image = torch.from_numpy(array.copy()).reshape(array.shape[0], array.shape[1], -1).permute(2, 0, 1)
+    if tuple(image.shape[-2:]) != tuple(size):
+        image = resize(image, list(size), antialias=True)
+    return image.contiguous()
+
+
+class ImageFolderDataModule(NoisyLabelDataModule):
+    """Any torchvision ImageFolder tree: ``<root>/<train_dir>/<class>/<image>`` and the same for ``test_dir``.
+
+    Classes are the sorted folder names (torchvision's ``find_classes``) and the training order is torchvision's
+    (class, then file name): a label file for ``noise=file`` must follow it. Every image is decoded once, resized to
+    ``image_size`` and kept as one uint8 tensor, so the tree must fit in memory at that size (50k images at 32×32:
+    150 MB). The decoded tensors are cached in ``cache_dir`` under a key made of the file list, the files' sizes and
+    modification times and the decoding settings: later runs load one file, and any change to the tree re-decodes.
+    """
+
+    def __init__(
+        self,
+        root: str = "data",
+        train_dir: str = "train",
+        test_dir: str = "test",
+        image_size: Any = 32,
+        grayscale: bool = False,
+        cache_dir: Optional[str] = None,
+        decode_workers: int = 4,
+        **kw,
+    ):
+        super().__init__(root=root, **kw)
+        size = (image_size, image_size) if isinstance(image_size, int) else tuple(image_size)
+        if len(size) != 2 or any(isinstance(s, bool) or not isinstance(s, int) or s < 1 for s in size):
+            raise ValueError(f"data.image_size={image_size!r}: allowed is a positive int or a [height, width] pair")
+        if int(decode_workers) < 0:
+            raise ValueError(f"data.decode_workers={decode_workers}: allowed is an integer >= 0 (0: decode serially)")
+        self.train_dir, self.test_dir, self.image_size = str(train_dir), str(test_dir), size
+        self.grayscale, self.decode_workers = bool(grayscale), int(decode_workers)
+        self.cache_dir = Path(cache_dir) if cache_dir else Path(self.root) / ".adaptive_ls_cache"
+        self.cache_path: Optional[Path] = None  # the cache file this module read or wrote
+
+    def _scan(self, split_dir: str) -> tuple[list[str], list[tuple[str, int]]]:
+        from torchvision.datasets.folder import IMG_EXTENSIONS, find_classes, make_dataset
+
+        folder = Path(self.root) / split_dir
+        key = "data.train_dir" if split_dir == self.train_dir else "data.test_dir"
+        if not folder.is_dir():
+            raise FileNotFoundError(f"{key}={split_dir!r}: {folder} is not a folder (data.root={self.root!r}); an "
+                                    f"ImageFolder tree has <root>/<split>/<class>/<image> files")
+        try:
+            classes, class_to_idx = find_classes(str(folder))
+            samples = make_dataset(str(folder), class_to_idx, extensions=IMG_EXTENSIONS)
+        except FileNotFoundError as err:
+            raise FileNotFoundError(f"{key}={split_dir!r}: {err}") from None
+        return classes, samples
+
+    def _cache_key(self, samples: list[tuple[str, int]]) -> str:
+        import hashlib
+
+        digest = hashlib.sha256(repr((IMAGE_FOLDER_CACHE_VERSION, self.image_size, self.grayscale)).encode())
+        root = Path(self.root)
+        for path, label in samples:
+            stat = os.stat(path)
+            digest.update(f"{Path(path).relative_to(root)}\0{label}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
+        return digest.hexdigest()[:20]
+
+    def _decode(self, samples: list[tuple[str, int]]) -> tuple[Tensor, Tensor]:
+        paths = [path for path, _ in samples]
+
+        def decode(path: str) -> Tensor:
+            return decode_image_file(path, self.image_size, self.grayscale)
+
+        if self.decode_workers > 1 and len(paths) > 1:
+            from concurrent.futures import ThreadPoolExecutor
+
+            with ThreadPoolExecutor(self.decode_workers) as pool:  # torch's decoders release the GIL
+                images = list(pool.map(decode, paths))
+        else:
+            images = [decode(path) for path in paths]
+        return torch.stack(images), torch.tensor([label for _, label in samples], dtype=torch.long)
+
+    def load_arrays(self):
+        classes, train_samples = self._scan(self.train_dir)
+        test_classes, test_samples = self._scan(self.test_dir)
+        if test_classes != classes:
+            raise ValueError(f"data.test_dir={self.test_dir!r} has classes {test_classes}, but data.train_dir="
+                             f"{self.train_dir!r} has {classes}: both need the same class folders")
+        self.class_names, self.num_classes = tuple(classes), len(classes)
+        self.cache_path = self.cache_dir / f"imagefolder-{self._cache_key(train_samples + test_samples)}.pt"
+        if self.cache_path.is_file():
+            cached = torch.load(self.cache_path, map_location="cpu", weights_only=True)
+            log.info("image_folder: %d + %d images from the cache %s", len(cached["train_labels"]),
+                     len(cached["test_labels"]), self.cache_path)
+            return cached["train_images"], cached["train_labels"], cached["test_images"], cached["test_labels"]
+        train_x, train_y = self._decode(train_samples)
+        test_x, test_y = self._decode(test_samples)
+        self._write_cache({"train_images": train_x, "train_labels": train_y, "test_images": test_x,
+                           "test_labels": test_y})
+        return train_x, train_y, test_x, test_y
+
+    def _write_cache(self, arrays: dict) -> None:
+        """Atomic write; a read-only data folder only costs the speed-up (with a warning), never the run."""
+        try:
+            self.cache_dir.mkdir(parents=True, exist_ok=True)
+            tmp = self.cache_path.with_suffix(f".tmp{os.getpid()}")
+            torch.save(arrays, tmp)
+            tmp.replace(self.cache_path)
+            log.info("image_folder: decoded images cached in %s", self.cache_path)
+        except OSError as err:
+            warnings.warn(f"image_folder: could not write the decode cache in data.cache_dir={str(self.cache_dir)!r}"
+                          f" ({err}); the next run decodes the images again", stacklevel=2)

@@ -53,9 +53,13 @@ __all__ = [
     "realized_noise_rate",
     "label_hash",
     "load_label_file",
+    "LABEL_FILE_KIND",
+    "noisy_labels_from_file",
 ]
 
 NOISE_KINDS = ("none", "symmetric", "asymmetric", "pairflip", "instance")
+# noise.kind that takes the training labels from a file instead of corrupting them (CIFAR-10N and the like).
+LABEL_FILE_KIND = "file"
 
 CIFAR10_CLASSES = (
     "airplane",
@@ -259,6 +263,13 @@ def check_noise_config(
     """
     settings = dict(noise)
     kind = settings["kind"] = settings.get("kind", "none")
+    if kind == LABEL_FILE_KIND:  # no rate: the file says which labels are wrong
+        if not settings.get("path"):
+            raise ValueError("noise.path is missing: noise.kind='file' needs a .npy, .pt or .pth file with one "
+                             "label per training image, in the training set's order")
+        return settings
+    if kind not in NOISE_KINDS:
+        raise ValueError(f"noise.kind={kind!r} is unknown: allowed are {', '.join(NOISE_KINDS + (LABEL_FILE_KIND,))}")
     _, settings["rate"], settings["class_map"] = _check_settings(
         kind, settings.get("rate", 0.0), num_classes, settings.get("class_map") or default_class_map, class_names
     )
@@ -535,3 +546,33 @@ def load_label_file(
             f"expected [0, {num_classes})"
         )
     return arr
+
+
+
+def noisy_labels_from_file(
+    path: str | Path,
+    dataset_labels: Any,
+    num_classes: int,
+    key: str | None = None,
+    clean_key: str | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Noisy training labels from a label file aligned with the dataset's training order, and the is_noisy mask.
+
+    The file must have one label per training sample, in ``[0, num_classes)``. With ``clean_key`` (CIFAR-10N:
+    ``clean_label``) the file's own true labels must equal ``dataset_labels`` exactly: any disagreement means the
+    file is in another order or belongs to another dataset, and training on it would be noise of the wrong kind.
+    ``is_noisy`` is ``noisy != dataset_labels``.
+    """
+    labels = _as_label_array(dataset_labels, "dataset_labels", num_classes)
+    noisy = load_label_file(path, key, num_samples=labels.size, num_classes=num_classes)
+    if clean_key is not None:
+        clean = load_label_file(path, clean_key, num_samples=labels.size, num_classes=num_classes)
+        disagree = int(np.sum(clean != labels))
+        if disagree:
+            raise ValueError(
+                f"noise.clean_key={clean_key!r} of noise.path={str(path)!r} disagrees with the dataset's training "
+                f"labels on {disagree} of {labels.size} samples ({disagree / labels.size:.1%}): the file is not in "
+                "this dataset's training order (CIFAR-10N follows torchvision's CIFAR-10 training order) or belongs "
+                "to another dataset"
+            )
+    return noisy, noisy != labels

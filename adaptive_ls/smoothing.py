@@ -19,9 +19,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-# Negative label smoothing (Wei et al., ICML 2022) pushes the non-target classes below zero. Its loss is unbounded
-# below for any ε < 0, so ε is kept ≥ −1: the true class then gets at most 2 − 1/K and every other class ≥ −1/K,
-# the range that paper explores.
+# Negative label smoothing (NLS; Wei et al., ICML 2022, "To Smooth or Not?") gives the non-target classes a negative
+# target weight ε/K. The loss is unbounded below for any ε < 0 (it rewards driving the other classes' probabilities
+# to 0), so how far to go is an empirical choice: we keep ε ≥ −1 (true class ≤ 2 − 1/K, others ≥ −1/K), where the
+# paper's CIFAR gains at high noise sit. The paper's grid goes on to −8; lower this constant to explore that.
 EPS_NEGATIVE_BOUND = -1.0
 
 Eps = Union[float, Tensor]
@@ -183,7 +184,13 @@ class NoSmoothing(SmoothingPolicy):
 
 
 class FixedSmoothing(SmoothingPolicy):
-    """Constant ε; negative ε is negative label smoothing (Wei et al., ICML 2022)."""
+    """Constant ε. ε < 0 is negative label smoothing (NLS, Wei et al., ICML 2022; ``smoothing=negative``).
+
+    Wei et al. show that positive smoothing helps at low noise but "over-smooths" at high noise, where NLS (which
+    makes the model *more* confident in the given label than one-hot CE) does better; their code warms up with plain
+    CE before switching to NLS at high noise (here: ``smoothing=annealed`` with ``eps_start=0``, ``hold_fraction``).
+    ε is bounded below by ``EPS_NEGATIVE_BOUND`` (−1).
+    """
 
     name = "fixed"
 
@@ -356,3 +363,138 @@ class AdaptiveSmoothing(SmoothingPolicy):
     def hparams(self):
         return {"eps_min": self.eps_min, "eps_max": self.eps_max, "signal": self.signal,
                 "warmup_epochs": self.warmup_epochs, "warmup_eps": self.warmup_eps, "ema": self.ema}
+
+
+OLS_INITS = ("uniform", "onehot")
+
+
+class OnlineSmoothing(SmoothingPolicy):
+    """Online label smoothing (OLS; Zhang et al., "Delving Deep into Label Smoothing", IEEE TIP 2021).
+
+    q_i = S[y_i], where row S[c] is the mean softmax prediction of the training samples of (given) class c that the
+    model classified correctly during the *previous* epoch: the soft target keeps the class similarities the model
+    has found (a cat looks more like a dog than a truck) instead of spreading ε evenly. The paper's loss
+    ``α·CE(p, y) + (1 − α)·CE(p, S[y])`` with α = 0.5 is our formula with ε = ``alpha`` = 0.5.
+
+    State (buffers, so checkpoints carry it): ``soft`` [K, K] = S, plus this epoch's running ``sums`` [K, K] and
+    ``counts`` [K], accumulated on the device in ``forward`` (no host sync). S starts uniform (``init``; ``onehot``
+    makes the first epoch plain CE, as the authors' code effectively does) and is rolled forward when ``forward``
+    first sees a new epoch (the epoch is checkpointed as extra state), not in an epoch-end hook: the state is then a
+    function of the steps seen alone, whatever order a trainer runs hooks and writes checkpoints in on resume. A
+    class with no correctly classified sample in an epoch keeps its previous row (the authors' code resets it to
+    uniform).
+    """
+
+    name = "online"
+
+    def __init__(self, alpha: float = 0.5, init: str = "uniform"):
+        super().__init__()
+        if not 0.0 < float(alpha) < 1.0:
+            raise ValueError(f"smoothing.alpha={alpha}: allowed is 0 < alpha < 1 (the weight of the soft target; "
+                             f"the paper uses 0.5)")
+        self.alpha = float(alpha)
+        if init not in OLS_INITS:
+            raise ValueError(f"smoothing.init={init!r}: allowed are {', '.join(OLS_INITS)}")
+        self.init = init
+        self._epoch = 0  # the epoch whose statistics `sums`/`counts` hold (checkpointed as extra state)
+        self.register_buffer("soft", torch.empty(0, 0))
+        self.register_buffer("sums", torch.empty(0, 0))
+        self.register_buffer("counts", torch.empty(0))
+
+    def setup(self, num_samples: int, num_classes: int) -> None:
+        if self.soft.shape != (num_classes, num_classes):
+            device = self.soft.device
+            if self.init == "uniform":
+                self.soft = torch.full((num_classes, num_classes), 1.0 / num_classes, device=device)
+            else:
+                self.soft = torch.eye(num_classes, device=device)
+            self.sums = torch.zeros(num_classes, num_classes, device=device)
+            self.counts = torch.zeros(num_classes, device=device)
+
+    def _accumulate(self, probs: Tensor, targets: Tensor) -> None:
+        """Add the correctly classified samples' predictions to their class's running sum."""
+        correct = (probs.argmax(dim=-1) == targets).to(probs.dtype)
+        self.sums.index_add_(0, targets, probs * correct.unsqueeze(1))
+        self.counts.index_add_(0, targets, correct)
+
+    def _roll(self) -> None:
+        """S ← this epoch's class means (rows without a correct sample keep their value); reset the sums."""
+        # Under DDP every process saw a shard: S uses all of them (summed into copies; the local sums are reset).
+        sums, counts = self._all_reduce(self.sums.clone()), self._all_reduce(self.counts.clone())
+        seen = (counts > 0).unsqueeze(1)
+        self.soft = torch.where(seen, sums / counts.clamp_min(1.0).unsqueeze(1), self.soft)
+        self.sums.zero_()
+        self.counts.zero_()
+
+    def forward(self, logits, targets, index, progress):
+        if self.soft.numel() == 0:
+            raise RuntimeError("OnlineSmoothing needs setup(num_samples, num_classes) before training")
+        if progress.epoch != self._epoch:  # first step of a new epoch: last epoch's statistics become S
+            self._roll()
+            self._epoch = progress.epoch
+        targets = targets.long()
+        q = self.soft[targets]
+        self._accumulate(logits.float().softmax(dim=-1), targets)
+        return SmoothingTarget(self.alpha, q)
+
+    def get_extra_state(self) -> dict:
+        return {"epoch": self._epoch}
+
+    def set_extra_state(self, state: dict) -> None:
+        self._epoch = int(state["epoch"])
+
+    def hparams(self):
+        return {"alpha": self.alpha, "init": self.init}
+
+
+class SelfDistillation(SmoothingPolicy):
+    """Progressive self-knowledge distillation (PS-KD; Kim et al., ICCV 2021).
+
+    target_i = (1 − α_t)·onehot(y_i) + α_t·p_{t−1}(x_i): the model's own prediction for sample i from the previous
+    epoch is the teacher, trusted more as training goes on: α_t = α_T·(t + 1)/T for epoch t of T (0-based), reaching
+    ``alpha_T`` (paper: 0.8) in the last epoch. A sample with no stored prediction yet (the first epoch) gets ε = 0,
+    i.e. one-hot, as in the authors' code.
+
+    ``predictions`` [N, K] and ``seen`` [N] are buffers keyed by the sample index. One buffer is enough: each sample
+    is read (last epoch's prediction) before it is overwritten (this epoch's), once per epoch, as in the authors' code;
+    a second "current" buffer would double the memory (N·K floats: 5 GB for ImageNet) for the same targets.
+    Predictions come from the training forward pass (augmented inputs), as in the paper.
+    """
+
+    name = "self_distill"
+    per_sample = True
+
+    def __init__(self, alpha_T: float = 0.8):
+        super().__init__()
+        if not 0.0 <= float(alpha_T) < 1.0:
+            raise ValueError(f"smoothing.alpha_T={alpha_T}: allowed is 0 <= alpha_T < 1 (the paper uses 0.8)")
+        self.alpha_T = float(alpha_T)
+        self.register_buffer("predictions", torch.empty(0, 0))
+        self.register_buffer("seen", torch.empty(0, dtype=torch.bool))
+
+    def setup(self, num_samples: int, num_classes: int) -> None:
+        if self.predictions.shape != (num_samples, num_classes):
+            self.predictions = torch.zeros(num_samples, num_classes, device=self.predictions.device)
+            self.seen = torch.zeros(num_samples, dtype=torch.bool, device=self.predictions.device)
+
+    def alpha_at(self, progress: Progress) -> float:
+        """α_t = α_T·(epoch + 1)/max_epochs; by optimizer steps when the run has no epoch limit."""
+        t = (progress.epoch + 1) / progress.max_epochs if progress.max_epochs > 0 else progress.fraction
+        return self.alpha_T * min(max(t, 0.0), 1.0)
+
+    def _store(self, index: Tensor, probs: Tensor) -> None:
+        """Remember this epoch's predictions (of every process's samples under DDP, so the memories stay equal)."""
+        index, probs = self._gather(index, probs)
+        self.predictions[index] = probs
+        self.seen[index] = True
+
+    def forward(self, logits, targets, index, progress):
+        if self.predictions.numel() == 0:
+            raise RuntimeError("SelfDistillation needs setup(num_samples, num_classes) before training")
+        previous = self.predictions[index]  # advanced indexing copies: safe to overwrite below
+        eps = self.alpha_at(progress) * self.seen[index].to(previous.dtype)
+        self._store(index, logits.float().softmax(dim=-1))
+        return SmoothingTarget(eps, previous)
+
+    def hparams(self):
+        return {"alpha_T": self.alpha_T}

@@ -41,6 +41,7 @@ from adaptive_ls.config import (
     plan_resume,
     validate_config,
 )
+from adaptive_ls.diagnostics import NoiseDiagnostics
 from adaptive_ls.noise import label_hash
 
 log = logging.getLogger(__name__)
@@ -178,9 +179,11 @@ def write_json(path: Path, payload: dict) -> None:
     tmp.replace(path)
 
 
-def build_callbacks(cfg: DictConfig, output_dir: Path, has_val: bool, labels_hash: str) -> dict[str, pl.Callback]:
-    """The run's callbacks by name: checkpoints (``last`` every epoch, ``best`` by val/acc), history, NaN guard,
-    resume state, and any extra ones the config names under ``callbacks`` (name: {_target_: ...})."""
+def build_callbacks(cfg: DictConfig, output_dir: Path, has_val: bool, labels_hash: str,
+                    datamodule=None) -> dict[str, pl.Callback]:
+    """The run's callbacks by name: checkpoints (``last`` every epoch, ``best`` by val/acc), noise diagnostics,
+    history, NaN guard, resume state, and any extra ones the config names under ``callbacks`` (name: {_target_: ...}).
+    Order matters: hooks run in this order, so diagnostics are logged before the history records the epoch."""
     from pytorch_lightning.callbacks import ModelCheckpoint
 
     # Saved at the end of each training epoch: after validation and EpochHistory, so a checkpoint carries both.
@@ -193,6 +196,8 @@ def build_callbacks(cfg: DictConfig, output_dir: Path, has_val: bool, labels_has
     # and a resumed run must find the latest epoch. A killed run loses at most the epoch it was in.
     callbacks["last"] = ModelCheckpoint(filename=LAST_CHECKPOINT.stem, monitor=None, save_top_k=1,
                                         enable_version_counter=False, **every_epoch)
+    if cfg.get("diagnostics") and NoiseDiagnostics.applies_to(datamodule):  # memorisation etc.: needs true labels
+        callbacks["diagnostics"] = hydra.utils.instantiate(cfg.diagnostics)
     callbacks["history"] = EpochHistory()
     callbacks["nan_guard"] = NonFiniteLossGuard()
     callbacks["run_state"] = RunState(OmegaConf.to_container(cfg, resolve=True), labels_hash)
@@ -253,7 +258,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         results["resumed_from_epoch"] = plan.epoch
     results.update({"noise/realized_rate": datamodule.realized_noise_rate, "noise/labels_hash": labels_hash,
                     "noise/num_noisy": int(datamodule.is_noisy.sum())})
-    log.info("noise: %s rate %.3f realised %.4f (%d of %d labels), hash %s", cfg.noise.kind, cfg.noise.rate,
+    log.info("noise: %s rate %s realised %.4f (%d of %d labels), hash %s", cfg.noise.kind, cfg.noise.get("rate"),
              results["noise/realized_rate"], results["noise/num_noisy"], len(noisy), labels_hash)
     if writes:
         output_dir.mkdir(parents=True, exist_ok=True)
@@ -264,7 +269,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     net = hydra.utils.instantiate(cfg.model, num_classes=datamodule.num_classes, in_channels=datamodule.in_channels)
     module = _build_module(cfg, net, policy, datamodule.num_classes)
     has_val = datamodule.val_size > 0
-    callbacks = build_callbacks(cfg, output_dir, has_val, labels_hash)
+    callbacks = build_callbacks(cfg, output_dir, has_val, labels_hash, datamodule)
     loggers = build_loggers(cfg)
     if plan is not None and writes:
         keep_previous_logs(loggers, plan.epoch)
@@ -279,7 +284,8 @@ def run(cfg: DictConfig) -> dict[str, Any]:
 
     trainer.fit(module, datamodule=datamodule, ckpt_path=plan.checkpoint if plan else None)
     history = callbacks["history"].history
-    results.update({k: v for k, v in (history[-1] if history else {}).items() if k in RESULT_METRICS})
+    results.update({k: v for k, v in (history[-1] if history else {}).items()
+                    if k in RESULT_METRICS or k.startswith("diag/")})
     if has_val and module.val_logits is None:  # no epoch left to train (a completed run reloaded): temperature
         trainer.validate(module, datamodule=datamodule, verbose=False)  # scaling needs the validation logits
     final = trainer.test(module, datamodule=datamodule, verbose=False)[0]

@@ -1,0 +1,139 @@
+"""Noise diagnostics: memorisation, correction, clean accuracy and ε per subset, on cases with known answers."""
+from __future__ import annotations
+
+import pytest
+import pytorch_lightning as pl
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from adaptive_ls.data import DigitsDataModule
+from adaptive_ls.diagnostics import NoiseDiagnostics, eps_sums, prediction_counts, summarize
+from adaptive_ls.models import small_cnn
+from adaptive_ls.module import LabelSmoothingClassifier
+from adaptive_ls.smoothing import FixedSmoothing
+from adaptive_ls.train import EpochHistory
+
+
+def test_counts_and_fractions_by_hand():
+    clean = torch.tensor([0, 1, 2, 0, 1, 2])
+    noisy = torch.tensor([1, 1, 0, 2, 1, 2])  # samples 0, 2, 3 corrupted
+    is_noisy = noisy != clean
+    index = torch.tensor([0, 1, 2, 3, 4, 5])
+    pred = torch.tensor([1, 1, 2, 1, 0, 2])
+    # corrupted: 0 -> given label 1 (memorised), 2 -> true label 2 (corrected), 3 -> 1 (neither)
+    # clean: 1 right, 4 wrong, 5 right
+    counts = prediction_counts(pred, index, is_noisy, clean, noisy)
+    assert counts.tolist() == [3, 3, 1, 1, 2]
+    eps = torch.tensor([0.4, 0.1, 0.2, 0.3, 0.0, 0.2])
+    sums = eps_sums(eps, index, is_noisy)
+    torch.testing.assert_close(sums, torch.tensor([3.0, 3.0, 0.9, 0.3]))
+    out = summarize(counts, sums)
+    expected = {"diag/memorized": 1 / 3, "diag/corrected": 1 / 3, "diag/acc_clean_subset": 2 / 3,
+                "diag/eps_noisy": 0.3, "diag/eps_clean": 0.1}
+    assert {k: pytest.approx(float(v)) for k, v in out.items()} == expected
+    # a scalar ε is broadcast to every sample
+    torch.testing.assert_close(eps_sums(torch.tensor(0.25), index, is_noisy), torch.tensor([3.0, 3.0, 0.75, 0.75]))
+
+
+def test_bad_settings_name_the_key():
+    with pytest.raises(ValueError, match="diagnostics.mode='train'"):
+        NoiseDiagnostics(mode="train")
+    with pytest.raises(ValueError, match="diagnostics.every_n_epochs=0"):
+        NoiseDiagnostics(every_n_epochs=0)
+
+
+class Oracle(pl.LightningModule):
+    """Predicts a fixed class per training sample and reports a fixed ε per sample: known diagnostics."""
+
+    def __init__(self, predict: torch.Tensor, eps: torch.Tensor):
+        super().__init__()
+        self.register_buffer("predict", predict)
+        self.register_buffer("eps", eps)
+        self.weight = nn.Parameter(torch.zeros(1))
+
+    def training_step(self, batch, batch_idx):
+        _, _, index = batch
+        logits = F.one_hot(self.predict[index], 10).float()
+        loss = self.weight.sum() * 0.0
+        self.log("train/loss", loss, on_step=False, on_epoch=True)  # so that every epoch has a history row
+        return {"loss": loss, "eps": self.eps[index], "index": index, "logits": logits}
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=0.1)
+
+
+def noisy_digits(**kw) -> DigitsDataModule:
+    # 1,288 training images = 14 batches of 92: every sample is seen once per epoch (drop_last drops nothing)
+    datamodule = DigitsDataModule(noise={"kind": "symmetric", "rate": 0.4}, batch_size=92, **kw)
+    datamodule.setup("fit")
+    assert len(datamodule.train_index) % datamodule.batch_size == 0
+    return datamodule
+
+
+def test_callback_logs_known_values_from_training_outputs():
+    datamodule = noisy_digits()
+    train = datamodule.train_index
+    corrupted = train[datamodule.is_noisy[train]]
+    clean_ones = train[~datamodule.is_noisy[train]]
+    predict = datamodule.clean_labels.clone()
+    n = len(corrupted)
+    memorised, corrected, neither = corrupted[: n // 2], corrupted[n // 2: 3 * n // 4], corrupted[3 * n // 4:]
+    predict[memorised] = datamodule.noisy_labels[memorised]
+    # "neither": a class that is neither the true nor the given label
+    for i in neither.tolist():
+        predict[i] = next(c for c in range(10) if c not in (int(datamodule.clean_labels[i]),
+                                                           int(datamodule.noisy_labels[i])))
+    wrong_clean = clean_ones[:100]
+    predict[wrong_clean] = (datamodule.clean_labels[wrong_clean] + 1) % 10
+    eps = torch.where(datamodule.is_noisy, 0.3, 0.1)
+
+    history = EpochHistory()
+    trainer = pl.Trainer(max_epochs=3, accelerator="cpu", logger=False, enable_checkpointing=False,
+                         enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0,
+                         callbacks=[NoiseDiagnostics(every_n_epochs=2), history])
+    trainer.fit(Oracle(predict, eps), datamodule=datamodule)
+
+    metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("diag/")}
+    assert metrics == pytest.approx({
+        "diag/memorized": len(memorised) / n,
+        "diag/corrected": len(corrected) / n,
+        "diag/acc_clean_subset": 1 - 100 / len(clean_ones),
+        "diag/eps_noisy": 0.3,
+        "diag/eps_clean": 0.1,
+    })
+    # every_n_epochs=2 over 3 epochs: logged after epoch 1 and after the last epoch (2), not after epoch 0
+    assert ["diag/memorized" in row for row in history.history] == [False, True, True]
+
+
+def test_eval_pass_matches_a_manual_pass_over_the_training_split():
+    pl.seed_everything(0)
+    datamodule = noisy_digits()
+    module = LabelSmoothingClassifier(small_cnn(10, 1, width=8), FixedSmoothing(0.1), num_classes=10)
+    trainer = pl.Trainer(max_epochs=2, accelerator="cpu", logger=False, enable_checkpointing=False,
+                         enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0,
+                         callbacks=[NoiseDiagnostics(mode="eval_pass")])
+    trainer.fit(module, datamodule=datamodule)
+
+    module.eval()
+    train = datamodule.train_index
+    with torch.no_grad():
+        images, _, _ = datamodule.prepare_batch((datamodule.train_images[train], None, train), augment=False)
+        pred = module(images).argmax(dim=1)
+    corrupted = datamodule.is_noisy[train]
+    expected = {
+        "diag/memorized": (pred == datamodule.noisy_labels[train])[corrupted].float().mean(),
+        "diag/corrected": (pred == datamodule.clean_labels[train])[corrupted].float().mean(),
+        "diag/acc_clean_subset": (pred == datamodule.clean_labels[train])[~corrupted].float().mean(),
+    }
+    for name, value in expected.items():
+        assert float(trainer.callback_metrics[name]) == pytest.approx(float(value), abs=1e-6), name
+    assert float(trainer.callback_metrics["diag/eps_noisy"]) == pytest.approx(0.1)
+    assert module.training is False  # we set it; the callback restored train mode during fit (no error above)
+
+
+def test_not_applied_without_corrupted_labels():
+    clean = DigitsDataModule(noise={"kind": "none", "rate": 0.0})
+    clean.setup("fit")
+    assert not NoiseDiagnostics.applies_to(clean)
+    assert NoiseDiagnostics.applies_to(noisy_digits())

@@ -1,0 +1,129 @@
+"""Real-noise label files (CIFAR-10N format) and instance-dependent noise, through the data modules."""
+from __future__ import annotations
+
+import pickle
+import warnings
+
+import numpy as np
+import pytest
+import torch
+
+from adaptive_ls import noise as noise_lib
+from adaptive_ls.data import CIFAR10DataModule, DigitsDataModule
+
+N_PER_BATCH, N_TEST = 20, 30  # 100 training images in 5 batches, as torchvision's layout has
+
+
+def write_tiny_cifar10(root, seed: int = 0) -> np.ndarray:
+    """Write a tiny CIFAR-10 in torchvision's on-disk layout; returns the training labels in training order."""
+    rng = np.random.default_rng(seed)
+    folder = root / "cifar-10-batches-py"
+    folder.mkdir(parents=True)
+
+    def batch(name: str, n: int) -> np.ndarray:
+        labels = rng.integers(0, 10, n)
+        data = rng.integers(0, 256, (n, 3 * 32 * 32), dtype=np.uint8)
+        with open(folder / name, "wb") as f:
+            pickle.dump({"data": data, "labels": labels.tolist(), "batch_label": name}, f)
+        return labels
+
+    train = np.concatenate([batch(f"data_batch_{i}", N_PER_BATCH) for i in range(1, 6)])
+    batch("test_batch", N_TEST)
+    with open(folder / "batches.meta", "wb") as f:
+        pickle.dump({"label_names": list(noise_lib.CIFAR10_CLASSES)}, f)
+    return train
+
+
+def write_human_pt(path, clean: np.ndarray, seed: int = 1) -> dict:
+    """A label file in CIFAR-10N's CIFAR-10_human.pt format: dict of int64 numpy arrays in training order."""
+    rng = np.random.default_rng(seed)
+
+    def flip(rate: float) -> np.ndarray:
+        out = clean.copy()
+        idx = rng.choice(clean.size, size=round(rate * clean.size), replace=False)
+        out[idx] = (clean[idx] + rng.integers(1, 10, idx.size)) % 10
+        return out.astype(np.int64)
+
+    labels = {"clean_label": clean.astype(np.int64), "aggre_label": flip(0.09), "worse_label": flip(0.4),
+              "random_label1": flip(0.17), "random_label2": flip(0.18), "random_label3": flip(0.18)}
+    torch.save(labels, path)
+    return labels
+
+
+@pytest.fixture()
+def tiny_cifar(tmp_path):
+    clean = write_tiny_cifar10(tmp_path / "data")
+    human = write_human_pt(tmp_path / "CIFAR-10_human.pt", clean)
+    return tmp_path, clean, human
+
+
+def cifar_module(root, noise: dict) -> CIFAR10DataModule:
+    datamodule = CIFAR10DataModule(root=str(root / "data"), verify=False, val_size=10, noise=noise)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # our tiny copy fails torchvision's checksums, on purpose
+        datamodule.setup("fit")
+    return datamodule
+
+
+@pytest.mark.parametrize("key, rate", [("worse_label", 0.4), ("aggre_label", 0.09)])
+def test_cifar10n_file_gives_its_labels_and_noise_mask(tiny_cifar, key, rate):
+    tmp_path, clean, human = tiny_cifar
+    datamodule = cifar_module(tmp_path, {"kind": "file", "path": str(tmp_path / "CIFAR-10_human.pt"), "key": key,
+                                         "clean_key": "clean_label"})
+    assert datamodule.clean_labels.tolist() == clean.tolist()
+    assert datamodule.noisy_labels.tolist() == human[key].tolist()
+    assert datamodule.is_noisy.tolist() == (human[key] != clean).tolist()
+    assert datamodule.realized_noise_rate == pytest.approx(rate)
+
+
+def test_label_file_in_another_order_is_an_error(tiny_cifar):
+    tmp_path, clean, human = tiny_cifar
+    shuffled = {k: v[::-1].copy() for k, v in human.items()}
+    torch.save(shuffled, tmp_path / "reversed.pt")
+    with pytest.raises(ValueError, match=r"noise.clean_key='clean_label'.*disagrees.*training order"):
+        cifar_module(tmp_path, {"kind": "file", "path": str(tmp_path / "reversed.pt"), "key": "worse_label",
+                                "clean_key": "clean_label"})
+
+
+def test_label_file_of_wrong_length_or_range_is_an_error(tiny_cifar):
+    tmp_path, clean, _ = tiny_cifar
+    np.save(tmp_path / "short.npy", clean[:-1])
+    with pytest.raises(ValueError, match=r"has 99 labels, expected num_samples=100"):
+        cifar_module(tmp_path, {"kind": "file", "path": str(tmp_path / "short.npy")})
+    out_of_range = clean.copy()
+    out_of_range[3] = 10
+    np.save(tmp_path / "range.npy", out_of_range)
+    with pytest.raises(ValueError, match=r"labels in \[0, 10\], expected \[0, 10\)"):
+        cifar_module(tmp_path, {"kind": "file", "path": str(tmp_path / "range.npy")})
+    with pytest.raises(ValueError, match="noise.kind='file' needs noise.path"):
+        cifar_module(tmp_path, {"kind": "file", "path": None})
+
+
+def test_plain_npy_label_file(tiny_cifar):
+    tmp_path, clean, _ = tiny_cifar
+    noisy = clean.copy()
+    noisy[:25] = (noisy[:25] + 1) % 10
+    np.save(tmp_path / "labels.npy", noisy)
+    datamodule = cifar_module(tmp_path, {"kind": "file", "path": str(tmp_path / "labels.npy")})
+    assert datamodule.noisy_labels.tolist() == noisy.tolist()
+    assert datamodule.realized_noise_rate == pytest.approx(0.25)
+
+
+def test_instance_noise_through_the_data_module():
+    def digits(noise_seed: int) -> DigitsDataModule:
+        datamodule = DigitsDataModule(noise={"kind": "instance", "rate": 0.3}, noise_seed=noise_seed)
+        datamodule.setup("fit")
+        return datamodule
+
+    first, again, other = digits(0), digits(0), digits(1)
+    assert torch.equal(first.noisy_labels, again.noisy_labels)  # seeded
+    assert not torch.equal(first.noisy_labels, other.noisy_labels)
+    assert torch.equal(first.is_noisy, first.noisy_labels != first.clean_labels)
+    assert 0.22 < first.realized_noise_rate < 0.38
+    # the flips are drawn from the images themselves (Xia et al. 2020), not from the labels alone
+    expected, _ = noise_lib.corrupt_labels(first.clean_labels.numpy(), "instance", 0.3, 10, seed=0,
+                                           features=first.train_images.numpy())
+    assert first.noisy_labels.tolist() == expected.tolist()
+    blank, _ = noise_lib.corrupt_labels(first.clean_labels.numpy(), "instance", 0.3, 10, seed=0,
+                                        features=np.zeros_like(first.train_images.numpy()))
+    assert blank.tolist() != expected.tolist()
