@@ -265,11 +265,11 @@ def check_noise_config(
     kind = settings["kind"] = settings.get("kind", "none")
     if kind == LABEL_FILE_KIND:  # no rate: the file says which labels are wrong
         if not settings.get("path"):
-            raise ValueError("noise.path is missing: noise.kind='file' needs a .npy, .pt or .pth file with one "
-                             "label per training image, in the training set's order")
+            raise ValueError("noise.kind='file' needs noise.path: a .npy, .pt or .pth file with one label per "
+                             "training image, in the training set's order")
         return settings
     if kind not in NOISE_KINDS:
-        raise ValueError(f"noise.kind={kind!r} is unknown: allowed are {', '.join(NOISE_KINDS + (LABEL_FILE_KIND,))}")
+        raise ValueError(f"noise.kind must be one of {NOISE_KINDS + (LABEL_FILE_KIND,)}, got {kind!r}")
     _, settings["rate"], settings["class_map"] = _check_settings(
         kind, settings.get("rate", 0.0), num_classes, settings.get("class_map") or default_class_map, class_names
     )
