@@ -20,6 +20,7 @@ import pytorch_lightning as pl
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from adaptive_ls import wandb_logging
 from adaptive_ls.noise import label_hash
 
 log = logging.getLogger(__name__)
@@ -84,7 +85,11 @@ def build_callbacks(cfg: DictConfig, output_dir: Path, has_val: bool) -> list[pl
 
 
 def build_loggers(cfg: DictConfig) -> list:
-    return [hydra.utils.instantiate(c) for c in (cfg.get("logger") or {}).values() if c is not None]
+    loggers = []
+    for name, c in (cfg.get("logger") or {}).items():
+        if c is not None:  # W&B: the job's own run, started and finished by wandb_logging.wandb_job (see main)
+            loggers.append(wandb_logging.lightning_logger(cfg) if name == "wandb" else hydra.utils.instantiate(c))
+    return [lg for lg in loggers if lg is not None]
 
 
 def run(cfg: DictConfig) -> dict[str, Any]:
@@ -182,7 +187,8 @@ def record_failure(cfg: DictConfig, error: BaseException) -> None:
 def main(cfg: DictConfig) -> Optional[float]:
     """Run once; in a multirun a failed job is recorded and the sweep goes on (the sweeper sees NaN)."""
     try:
-        results = run(cfg)
+        with wandb_logging.wandb_job(cfg):  # one W&B run per job, finished even if the job fails (logger=wandb)
+            results = run(cfg)
     except Exception as error:
         record_failure(cfg, error)
         if not _is_multirun():
