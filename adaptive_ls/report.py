@@ -332,8 +332,12 @@ def _grid(n_panels: int, width: float = 4.2, height: float = 3.4, max_cols: int 
     return fig, axes
 
 
-def plot_vs_noise(summary: pd.DataFrame, metric: str, ylabel: str, scale: float, path: Path) -> Optional[Path]:
-    """``metric`` (mean ± std over seeds) against the noise rate: a panel per noise kind, a line per policy."""
+def plot_vs_noise(summary: pd.DataFrame, metric: str, ylabel: str, scale: float, path: Path,
+                  dashed: Optional[str] = None) -> Optional[Path]:
+    """``metric`` (mean ± std over seeds) against the noise rate: a panel per noise kind, a line per policy.
+
+    ``dashed``: a second metric drawn dashed in the same colour (the test accuracy at the best validation epoch).
+    """
     from adaptive_ls.plots import save_figure
 
     if summary.empty or summary[f"{metric}_mean"].isna().all():
@@ -351,6 +355,10 @@ def plot_vs_noise(summary: pd.DataFrame, metric: str, ylabel: str, scale: float,
             mean, std = line[f"{metric}_mean"] * scale, line[f"{metric}_std"].fillna(0.0) * scale
             if len(rates) > 1:
                 ax.errorbar(line["rate"], mean, yerr=std, marker="o", capsize=3, label=label, color=colors[label])
+                if dashed:
+                    ax.errorbar(line["rate"], line[f"{dashed}_mean"] * scale,
+                                yerr=line[f"{dashed}_std"].fillna(0.0) * scale, marker="s", markersize=4, capsize=2,
+                                linestyle="--", color=colors[label], alpha=0.6)
             else:  # one rate: bars side by side
                 ax.bar(offset, mean, yerr=std, capsize=3, label=label, color=colors[label])
         if len(rates) > 1:
@@ -360,7 +368,8 @@ def plot_vs_noise(summary: pd.DataFrame, metric: str, ylabel: str, scale: float,
             ax.set_xticks([])
             ax.set_xlabel(f"{kind} noise, rate {rates[0]:g}")
         ax.set_ylabel(ylabel)
-        ax.set_title(f"{kind} noise")
+        ax.set_title(f"{kind} noise" + (": final (solid), at best val (dashed)" if dashed and len(rates) > 1 else ""),
+                     fontsize="medium")
         ax.grid(alpha=0.3)
     axes[0].legend(fontsize="small")
     fig.tight_layout()
@@ -419,7 +428,7 @@ def plot_curves(table: pd.DataFrame, jobs: Sequence[Job], keys: dict[str, str], 
                 low, high = (_mean_curves(rows, by_dir, k) for k in band)
                 if low is not None and high is not None:
                     ax.fill_between(low["epoch"], low[band[0]], high[band[1]], color=colors[label], alpha=0.15)
-        ax.set_title(f"{kind} noise, rate {rate:g}")
+        ax.set_title(f"{kind} noise, rate {float(rate)}")
         ax.set_xlabel("epoch")
         ax.set_ylabel(ylabel)
         ax.grid(alpha=0.3)
@@ -472,7 +481,7 @@ def plot_reliability(table: pd.DataFrame, setting: Optional[tuple[str, float]], 
     for ax, (label, bins) in zip(axes, panels):
         seeds = len(cell[cell["label"] == label])
         reliability_diagram(bins, ax=ax, title=f"{label} (n={seeds})")
-    fig.suptitle(f"Test reliability, {kind} noise rate {rate:g}")
+    fig.suptitle(f"Test reliability, {kind} noise rate {float(rate)}")
     fig.tight_layout()
     return save_figure(fig, path)
 
@@ -481,7 +490,7 @@ def make_plots(rep: SweepReport, reliability_setting: Optional[tuple[str, float]
     out, table, summary, jobs = rep.out, rep.table, rep.summary, rep.jobs
     made = {
         "Test accuracy vs noise rate": plot_vs_noise(summary, "test/acc", "test accuracy (%)", 100.0,
-                                                     out / PLOTS["accuracy"]),
+                                                     out / PLOTS["accuracy"], dashed="test/acc_at_best_val"),
         "ECE vs noise rate": plot_vs_noise(summary, "test/ece", "test ECE (%)", 100.0, out / PLOTS["ece"]),
         "ε over training": plot_curves(table, jobs, {"smoothing/eps_mean": "-"}, "mean ε", out / PLOTS["eps"],
                                        band=("smoothing/eps_min", "smoothing/eps_max")),

@@ -20,6 +20,7 @@ import json
 import logging
 import os
 import struct
+import time
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -100,8 +101,7 @@ def job_identity(cfg: DictConfig) -> dict[str, Any]:
     """group, job_type, name and tags of this job's W&B run, from ``logger.wandb`` and the job's settings."""
     settings = cfg.logger.wandb
     hydra_cfg, multirun = _hydra_job()
-    policy = str(cfg.smoothing.get("_target_", "none")).rsplit(".", 1)[-1]
-    policy = hydra_cfg.runtime.choices.get("smoothing", policy) if hydra_cfg is not None else policy
+    policy = _policy_name(cfg)
     kind, rate = str(cfg.noise.kind), float(cfg.noise.get("rate", 0.0))
     if settings.get("group"):
         group = str(settings.group)
@@ -115,6 +115,17 @@ def job_identity(cfg: DictConfig) -> dict[str, Any]:
     tags = [policy, kind, f"rate={rate:g}", *[str(t) for t in (settings.get("tags") or [])]]
     return {"group": group, "job_type": str(settings.get("job_type") or "train"), "name": name,
             "tags": list(dict.fromkeys(t[:64] for t in tags))}  # W&B tags: unique, at most 64 characters
+
+
+def _policy_name(cfg: DictConfig) -> str:
+    """The policy's ``name`` (as in results.json), read from its class without building it."""
+    from hydra.utils import get_class
+
+    target = str(cfg.smoothing.get("_target_", ""))
+    try:
+        return str(get_class(target).name)
+    except Exception:  # not importable: the error comes soon enough from the job itself
+        return target.rsplit(".", 1)[-1] or "none"
 
 
 def run_config(cfg: DictConfig) -> dict[str, Any]:
@@ -345,6 +356,8 @@ _FULL, _FIRST, _MIDDLE, _LAST = 1, 2, 3, 4
 def iter_records(path: os.PathLike | str) -> Iterator[bytes]:
     """The serialised ``wandb_internal_pb2.Record`` messages of a ``run-*.wandb`` file, checksums verified."""
     data = Path(path).read_bytes()
+    if len(data) < _FILE_HEADER.size:
+        return  # created, nothing written yet
     ident, magic, version = _FILE_HEADER.unpack_from(data, 0)
     if ident != b":W&B" or magic != 0xBEE1 or version != 0:
         raise ValueError(f"{path}: not a W&B run file (header {data[:7]!r})")
@@ -418,16 +431,29 @@ def _history_value(item):
     return None if which in (None, "none") else getattr(item, which)
 
 
-def read_offline_run(path: os.PathLike | str) -> OfflineRun:
-    """Read an offline run folder (``.../wandb/offline-run-*``) or its ``run-*.wandb`` file."""
-    from wandb.proto import wandb_internal_pb2 as pb
+def read_offline_run(path: os.PathLike | str, wait_s: float = 0.0) -> OfflineRun:
+    """Read an offline run folder (``.../wandb/offline-run-*``) or its ``run-*.wandb`` file.
 
+    wandb's service writes the file shortly after ``run.finish()`` returns: ``wait_s`` > 0 re-reads until the run's
+    exit record is there (or the time is up), for reading a run this process has just finished.
+    """
     path = Path(path)
     if path.is_dir():
         files = sorted(path.glob("run-*.wandb"))
         if not files:
             raise FileNotFoundError(f"{path}: no run-*.wandb file (is this a W&B run folder?)")
         path = files[0]
+    deadline = time.monotonic() + wait_s
+    while True:
+        run = _read_records(path)
+        if run.exit_code is not None or time.monotonic() >= deadline:
+            return run
+        time.sleep(0.05)
+
+
+def _read_records(path: Path) -> OfflineRun:
+    from wandb.proto import wandb_internal_pb2 as pb
+
     run = OfflineRun(path=path)
     for payload in iter_records(path):
         record = pb.Record()
