@@ -187,7 +187,8 @@ class WandbJob:
         self.run.finish(exit_code=exit_code)
         if wandb.run is self.run:  # finish() clears it; guard against a wandb that does not
             wandb.finish()
-        _add_to_results(self.output_dir / "results.json", self.info)
+        status = None if error is None else ("interrupted" if isinstance(error, KeyboardInterrupt) else "failed")
+        _add_to_results(self.output_dir / "results.json", self.info, status)
         if self.mode == "offline":
             log.info("W&B offline run saved in %s; upload it with: wandb sync %s", self.info["wandb/dir"],
                      self.info["wandb/dir"])
@@ -329,13 +330,17 @@ def _reliability_media(path: Path, output_dir: Path) -> dict[str, Any]:
     return {"test/reliability_diagram": wandb.Image(str(png))}
 
 
-def _add_to_results(path: Path, info: dict[str, Any]) -> None:
-    """Record where the W&B run is in results.json (the sweep report uses the group and the run folders)."""
-    if not path.is_file():
-        return
+def _add_to_results(path: Path, info: dict[str, Any], failed_status: Optional[str]) -> None:
+    """Record where the W&B run is in results.json (the report finds the sweep's group there). A job that failed
+    before writing results.json gets one with its status, which train.record_failure then completes."""
     from adaptive_ls.train import write_json
 
-    results = json.loads(path.read_text())
+    if path.is_file():
+        results = json.loads(path.read_text())
+    elif failed_status is not None:
+        results = {"status": failed_status}
+    else:
+        return
     results.update(info)
     write_json(path, results)
 

@@ -2,8 +2,6 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -146,11 +144,11 @@ def test_the_same_seed_read_twice_is_flagged(tmp_path):
     assert "some seeds appear more than once" in md and "| none | symmetric | 0.4 | 2 |" in md
 
 
-def test_command_line_says_what_it_read(sweep, tmp_path):
-    done = subprocess.run([sys.executable, "-m", "adaptive_ls.report", str(sweep)], capture_output=True, text=True,
-                          cwd=Path(__file__).resolve().parents[1])
-    assert done.returncode == 0, done.stderr
-    assert f"read 13 jobs under {sweep}: 11 completed, 1 failed, 1 missing" in done.stderr
-    assert "failed 2026-01-01_00-00-00/11: ValueError: smoothing.eps=1.5" in done.stderr
-    assert "wrote" in done.stderr and "report.md" in done.stderr
+def test_command_line_says_what_it_read(sweep, tmp_path, caplog):
+    caplog.set_level("INFO", logger="adaptive_ls.report")
+    assert report.main([str(sweep)]) == 0
+    assert f"read 13 jobs under {sweep}: 11 completed, 1 failed, 1 missing" in caplog.text
+    assert "failed 2026-01-01_00-00-00/11: ValueError: smoothing.eps=1.5" in caplog.text
+    assert "missing 2026-01-01_00-00-00/12: no results.json" in caplog.text
+    assert f"wrote {sweep / 'report.md'}, {sweep / 'report.csv'} and 5 plots" in caplog.text
     assert report.main([str(tmp_path / "nowhere")]) == 2

@@ -112,6 +112,8 @@ def test_failed_job_finishes_its_run_and_the_next_job_gets_a_new_one(wandb_env, 
     assert failed.exit_code == 1
     assert failed.summary["status"] == "failed" and "data.val_size=100000" in failed.summary["error"]
     assert failed.config["data"]["val_size"] == 100000  # a failed job still shows what it was asked to do
+    recorded = json.loads((tmp_path / "bad" / "results.json").read_text())
+    assert recorded["status"] == "failed" and recorded["wandb/id"] == failed.id
     done = wandb_logging.read_offline_run(wandb_logging.offline_runs(tmp_path / "good")[0], wait_s=30)
     assert done.exit_code == 0 and done.id != failed.id
     assert not any("train/loss" in h for h in failed.history)  # the second job did not log into the first run
