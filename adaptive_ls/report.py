@@ -238,7 +238,7 @@ def _job_name(job: Job, roots: Sequence[Path]) -> str:
 
 def _problem_text(job: Job) -> str:
     if job.error:
-        return job.error.splitlines()[0][:200]
+        return " ".join(job.error.split())[:300]  # Hydra's instantiation errors put the cause on the next line
     return {"missing": "no results.json: killed, or still running", "running": "started, never finished"}.get(
         job.status, "")
 

@@ -65,6 +65,17 @@ def sweep_status(sweep_dir: Path) -> dict[str, int]:
     return counts
 
 
+def sweeper_marks_failures() -> bool:
+    """Whether the running sweeper records a job's exception as a failed trial and goes on (Optuna does, within
+    ``max_failure_rate``); grid sweepers are given NaN instead, so the sweep finishes. (optuna 2.10 aborts a study
+    told NaN, so an Optuna trial must fail by raising.)"""
+    from hydra.core.hydra_config import HydraConfig
+
+    if not HydraConfig.initialized():
+        return False
+    return "optuna" in str(OmegaConf.select(HydraConfig.get(), "sweeper._target_") or "").lower()
+
+
 class SweepProgress(Callback):
     """Logs "job i of n" as each job of a multirun starts, and a summary with the report command at the end."""
 
@@ -113,7 +124,7 @@ def _suggest(trial, name: str, distribution) -> Any:
 
 
 def policy_search_space(cfg: DictConfig, trial) -> None:
-    """Optuna ``custom_search_space``: suggest the parameters listed under ``search_space.<chosen policy>``.
+    """Optuna ``custom_search_space``: suggest ``smoothing.<name>`` for each entry of ``search_space.<chosen policy>``.
 
     One experiment then tunes whichever policy is chosen (``smoothing=annealed`` tunes its schedule), with the ranges
     in the experiment's yaml written in Hydra's sweep syntax (``interval(a, b)``, ``choice(a, b)``, ``tag(log, ...)``).
@@ -125,7 +136,7 @@ def policy_search_space(cfg: DictConfig, trial) -> None:
     if policy not in spaces:
         raise ValueError(f"search_space has no entry for smoothing={policy}: it covers {', '.join(spaces) or 'nothing'}."
                          f" Add search_space.{policy} (parameter: range) to the experiment config")
-    arguments = [f"{key}={value}" for key, value in spaces[policy].items()]
+    arguments = [f"smoothing.{key}={value}" for key, value in spaces[policy].items()]
     distributions, fixed = create_params_from_overrides(arguments)
     if fixed:
         raise ValueError(f"search_space.{policy}: {', '.join(f'{k}={v}' for k, v in fixed.items())} is a single "

@@ -22,6 +22,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from adaptive_ls import wandb_logging
 from adaptive_ls.noise import label_hash
+from adaptive_ls.sweeps import sweeper_marks_failures
 
 log = logging.getLogger(__name__)
 
@@ -191,7 +192,7 @@ def main(cfg: DictConfig) -> Optional[float]:
             results = run(cfg)
     except Exception as error:
         record_failure(cfg, error)
-        if not _is_multirun():
+        if not _is_multirun() or sweeper_marks_failures():  # Optuna: a raised error fails the trial, a NaN the study
             raise
         log.exception("job failed; recorded in %s/results.json, the sweep goes on", cfg.paths.output_dir)
         return math.nan

@@ -9,6 +9,7 @@ import pandas as pd
 import pytest
 
 from adaptive_ls import report
+from tests.test_wandb_logging import wandb_env  # noqa: F401  (fixture: W&B offline inside tmp_path)
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -152,3 +153,23 @@ def test_command_line_says_what_it_read(sweep, tmp_path, caplog):
     assert "missing 2026-01-01_00-00-00/12: no results.json" in caplog.text
     assert f"wrote {sweep / 'report.md'}, {sweep / 'report.csv'} and 5 plots" in caplog.text
     assert report.main([str(tmp_path / "nowhere")]) == 2
+
+
+def test_wandb_report_run_joins_the_sweep_group_offline(sweep, wandb_env, caplog):  # noqa: F811
+    from adaptive_ls import wandb_logging
+
+    for job in sweep.glob("*/results.json"):  # as train.py records them when the jobs logged to W&B
+        results = json.loads(job.read_text())
+        results.update({"wandb/group": "quickstart-2026", "wandb/project": "proj"})
+        job.write_text(json.dumps(results))
+    caplog.set_level("INFO", logger="adaptive_ls.report")
+    assert report.main([str(sweep), "--wandb"]) == 0
+    [run_dir] = wandb_logging.offline_runs(sweep / "wandb")
+    rec = wandb_logging.read_offline_run(run_dir, wait_s=30)
+    assert (rec.group, rec.job_type, rec.project, rec.exit_code) == ("quickstart-2026", "report", "proj", 0)
+    logged = {k: v for row in rec.history for k, v in row.items()}
+    assert logged["report/table"]["_type"] == "table-file" and logged["report/table"]["nrows"] == 4
+    for name in report.PLOTS.values():
+        assert logged[f"report/{Path(name).stem}"]["_type"] == "image-file"
+    assert rec.summary["jobs/failed"] == 1 and rec.summary["jobs/missing"] == 1
+    assert "would also publish a W&B Report 'adaptive-ls sweep quickstart-2026' in proj" in caplog.text
