@@ -121,16 +121,23 @@ def _override_settings(overrides: list[str]) -> dict[str, str]:
     for override in overrides:
         key, _, value = override.partition("=")
         key = key.lstrip("+~")
-        if key in SEED_OVERRIDES or key.startswith("hydra.") or key.split(".")[0] in ("smoothing", "noise"):
+        if key in SEED_OVERRIDES or key.startswith(("hydra.", "hydra/")) or key.split(".")[0] in ("smoothing", "noise"):
             continue  # seeds vary on purpose; smoothing/noise settings are read from results.json
         settings[key] = value
     return settings
 
 
 def _format_value(value) -> str:
-    if isinstance(value, float):
-        return f"{value:.4g}"
+    """A setting as a string: full precision (two tuned ε never merge), "" for None."""
     return "" if value is None else str(value)
+
+
+def _short(value) -> str:
+    """A setting for display: numbers to 4 significant digits."""
+    try:
+        return f"{float(value):.4g}"
+    except (TypeError, ValueError):
+        return str(value)
 
 
 def jobs_table(jobs: Sequence[Job]) -> pd.DataFrame:
@@ -169,6 +176,14 @@ def _order(values: Sequence[str], preferred: Sequence[str]) -> list[str]:
     return [v for v in preferred if v in unique] + sorted(v for v in unique if v not in preferred)
 
 
+def _numeric_if_possible(column: pd.Series) -> pd.Series:
+    """Sort key: setting strings that are all numbers sort as numbers (ε = 0.05 before 0.5 before 10)."""
+    if column.dtype != object:
+        return column
+    numbers = pd.to_numeric(column, errors="coerce")
+    return numbers if numbers.notna().all() else column
+
+
 def summarize(table: pd.DataFrame) -> pd.DataFrame:
     """Mean and sample standard deviation (ddof=1; empty for one seed) of every metric per cell, with n seeds."""
     if table.empty:
@@ -185,7 +200,8 @@ def summarize(table: pd.DataFrame) -> pd.DataFrame:
         summary[f"{metric}_std"] = stats["std"].to_numpy()
     summary["policy"] = pd.Categorical(summary["policy"], _order(summary["policy"], POLICY_ORDER), ordered=True)
     summary["noise"] = pd.Categorical(summary["noise"], _order(summary["noise"], NOISE_ORDER), ordered=True)
-    summary = summary.sort_values(["noise", "rate", "policy", *variants], kind="stable").reset_index(drop=True)
+    summary = summary.sort_values(["noise", "rate", "policy", *variants], kind="stable",
+                                  key=_numeric_if_possible).reset_index(drop=True)
     summary["policy"] = summary["policy"].astype(str)
     summary["noise"] = summary["noise"].astype(str)
     return summary.rename(columns={c: c.removeprefix("setting:") for c in variants})
@@ -220,7 +236,8 @@ def markdown_table(summary: pd.DataFrame) -> str:
     lines = ["| " + " | ".join(head) + " |", "|" + "|".join(["---"] * 3 + ["---"] * len(variants) + ["--:"] *
                                                           (1 + len(METRICS))) + "|"]
     for _, row in summary.iterrows():
-        cells = [row["policy"], row["noise"], str(float(row["rate"])), *[str(row[v]) for v in variants], str(row["n"])]
+        cells = [row["policy"], row["noise"], str(float(row["rate"])), *[_short(row[v]) for v in variants],
+                 str(row["n"])]
         cells += [_mean_std(row[f"{m}_mean"], row[f"{m}_std"], scale, 2 if scale > 1 else 3)
                   for m, (_, scale) in METRICS.items()]
         lines.append("| " + " | ".join(cells) + " |")
@@ -310,7 +327,8 @@ def _counts_text(counts: dict[str, int]) -> str:
 
 
 def _line_label(row, variants: Sequence[str]) -> str:
-    extra = ", ".join(f"{v.split('/')[-1]}={row[v]}" for v in variants if str(row[v]) != "")
+    extra = ", ".join(f"{v.split('/')[-1].removeprefix('setting:')}={_short(row[v])}" for v in variants
+                      if str(row[v]) != "")
     return f"{row['policy']} ({extra})" if extra else str(row["policy"])
 
 
@@ -512,14 +530,14 @@ def _most_common(jobs: Sequence[Job], key: str) -> Optional[str]:
     return max(set(values), key=values.count) if values else None
 
 
-def wandb_report_blocks(group: str, entity: Optional[str], project: str, summary_md: str, media_keys: list[str]):
+def wandb_report_blocks(group: str, entity: str, project: str, summary_md: str, media_keys: list[str]):
     """The blocks of the W&B Report: the table, the sweep's runs grouped by policy, and the report run's plots."""
     import wandb_workspaces.reports.v2 as wr
 
-    train_runs = wr.Runset(entity=entity or "", project=project, name="jobs",
+    train_runs = wr.Runset(entity=entity, project=project, name="jobs",
                            filters=f"Group = '{group}' and JobType = 'train'",
                            groupby=["config.hydra.choices.smoothing"])
-    report_run = wr.Runset(entity=entity or "", project=project, name="report",
+    report_run = wr.Runset(entity=entity, project=project, name="report",
                            filters=f"Group = '{group}' and JobType = 'report'")
     return [
         wr.H1(f"Sweep {group}"),
@@ -559,6 +577,7 @@ def log_to_wandb(rep: SweepReport, mode: str = "auto", project: Optional[str] = 
              **media})
     run.summary.update({f"jobs/{status}": n for status, n in counts.items()})
     info = {"mode": mode, "group": group, "project": project, "run_dir": str(run.settings.sync_dir)}
+    run_entity = run.entity if mode == "online" else None
     if mode == "online":
         info["run_url"] = run.url
     run.finish()
@@ -567,8 +586,8 @@ def log_to_wandb(rep: SweepReport, mode: str = "auto", project: Optional[str] = 
         try:
             import wandb_workspaces.reports.v2 as wr
 
-            report = wr.Report(project=project, entity=entity or wandb.Api().default_entity,
-                               title=f"adaptive-ls sweep {group}"[:128],
+            entity = entity or run_entity or wandb.Api().default_entity
+            report = wr.Report(project=project, entity=entity, title=f"adaptive-ls sweep {group}"[:128],
                                description=f"{len(jobs)} jobs: {_counts_text(counts)}",
                                blocks=wandb_report_blocks(group, entity, project, table_md, list(media)))
             report.save()

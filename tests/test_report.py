@@ -173,3 +173,15 @@ def test_wandb_report_run_joins_the_sweep_group_offline(sweep, wandb_env, caplog
         assert logged[f"report/{Path(name).stem}"]["_type"] == "image-file"
     assert rec.summary["jobs/failed"] == 1 and rec.summary["jobs/missing"] == 1
     assert "would also publish a W&B Report 'adaptive-ls sweep quickstart-2026' in proj" in caplog.text
+
+
+def test_wandb_report_blocks_select_the_sweep_runs():
+    """The W&B Report's panels filter the project's runs down to this sweep's group (checked offline)."""
+    from wandb_workspaces import expr
+
+    blocks = report.wandb_report_blocks("quickstart-2026", "me", "adaptive-ls", "| table |", ["report/reliability"])
+    grids = [b for b in blocks if type(b).__name__ == "PanelGrid"]
+    leaves = [{(f.key.name, f.value) for f in expr.expr_to_filters(g.runsets[0].filters).filters} for g in grids]
+    assert leaves == [{("group", "quickstart-2026"), ("jobType", "train")},
+                      {("group", "quickstart-2026"), ("jobType", "report")}]
+    assert grids[1].panels[0].media_keys == ["report/reliability"]

@@ -24,7 +24,8 @@ def wandb_env(tmp_path, monkeypatch):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("NETRC", str(home / "netrc"))  # absent file: no credentials from ~/.netrc
     for name, sub in (("WANDB_DIR", "dir"), ("WANDB_CONFIG_DIR", "config"), ("WANDB_CACHE_DIR", "cache"),
-                      ("WANDB_DATA_DIR", "data"), ("WANDB_ARTIFACT_DIR", "artifacts")):
+                      ("WANDB_DATA_DIR", "data"), ("WANDB_ARTIFACT_DIR", "artifacts"),
+                      ("XDG_CACHE_HOME", "xdg_cache")):  # wandb-core's own debug log goes to the user cache dir
         monkeypatch.setenv(name, str(home / sub))
     monkeypatch.setenv("WANDB_SILENT", "true")
     monkeypatch.setenv("WANDB_CONSOLE", "off")
