@@ -29,7 +29,7 @@ import pandas as pd
 
 log = logging.getLogger("adaptive_ls.report")
 
-# The table's metrics: results.json key -> (column title in report.md, scale for report.md). report.csv keeps raw values.
+# The table's metrics: results.json key -> (title in report.md, scale in report.md); report.csv keeps raw values.
 METRICS = {
     "test/acc": ("test acc (%)", 100.0),
     "test/acc_at_best_val": ("test acc, best val (%)", 100.0),
@@ -665,7 +665,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     log.info("read %d jobs under %s: %s", len(rep.jobs), ", ".join(map(str, rep.roots)), _counts_text(rep.counts))
     for job in rep.jobs:
         if job.status != "completed":
-            log.info("  %s %s: %s", job.status, _job_name(job, rep.roots), _problem_text(job) or " ".join(job.overrides))
+            log.info("  %s %s: %s", job.status, _job_name(job, rep.roots),
+                     _problem_text(job) or " ".join(job.overrides))
     if not rep.jobs:
         log.warning("no job folders found (a job folder holds .hydra/ or results.json)")
     log.info("wrote %s, %s and %d plots (%s)", rep.files["md"], rep.files["csv"], len(rep.plots),

@@ -134,8 +134,9 @@ def policy_search_space(cfg: DictConfig, trial) -> None:
     policy = OmegaConf.select(cfg, "hydra.runtime.choices.smoothing")
     spaces = cfg.get("search_space") or {}
     if policy not in spaces:
-        raise ValueError(f"search_space has no entry for smoothing={policy}: it covers {', '.join(spaces) or 'nothing'}."
-                         f" Add search_space.{policy} (parameter: range) to the experiment config")
+        covered = ", ".join(spaces) or "nothing"
+        raise ValueError(f"search_space has no entry for smoothing={policy}: it covers {covered}. Add "
+                         f"search_space.{policy} (parameter: range) to the experiment config")
     arguments = [f"smoothing.{key}={value}" for key, value in spaces[policy].items()]
     distributions, fixed = create_params_from_overrides(arguments)
     if fixed:

@@ -82,7 +82,7 @@ def resolve_mode(mode: Optional[str]) -> str:
 
 
 def sweep_group(folder: os.PathLike | str) -> str:
-    """The W&B group of a sweep (or of a single run): its folder's parent and name, e.g. ``quickstart-2026-01-31_..``."""
+    """The W&B group of a sweep (or of a single run): its folder's parent and name (``quickstart-2026-01-31_...``)."""
     folder = Path(folder)
     return f"{folder.parent.name}-{folder.name}" if folder.parent.name else folder.name
 

@@ -147,5 +147,6 @@ def test_slurm_launcher_settings_reach_sbatch(tmp_path, monkeypatch):
     sbatch = captured["sbatch"]
     assert captured["jobs"] == 3
     for line in ("#SBATCH --partition=gpu-a100", "#SBATCH --account=lab", "#SBATCH --gpus-per-node=1",
-                 "#SBATCH --cpus-per-task=8", "#SBATCH --mem=32GB", "#SBATCH --time=720", "#SBATCH --ntasks-per-node=1"):
+                 "#SBATCH --cpus-per-task=8", "#SBATCH --mem=32GB", "#SBATCH --time=720",
+                 "#SBATCH --ntasks-per-node=1"):
         assert line in sbatch, line

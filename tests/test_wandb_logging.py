@@ -38,7 +38,7 @@ def compose_job(output_dir: Path, *overrides: str):
         return compose("config", overrides=[*TINY, f"paths.output_dir={output_dir}", *overrides])
 
 
-# -- mode ---------------------------------------------------------------------------------------------------------------
+# -- mode --------------------------------------------------------------------------------------------------------------
 
 
 def test_auto_mode_is_offline_without_credentials_and_online_with_them(wandb_env, monkeypatch):
@@ -64,7 +64,7 @@ def test_bad_modes_fail_early_with_the_key_to_change(wandb_env):
         wandb_logging.resolve_mode("online")
 
 
-# -- one run per job ----------------------------------------------------------------------------------------------------
+# -- one run per job ---------------------------------------------------------------------------------------------------
 
 
 def test_job_writes_one_offline_run_with_history_summary_config_and_media(wandb_env, tmp_path):
@@ -129,7 +129,7 @@ def test_disabled_mode_logs_nothing(wandb_env, tmp_path):
     assert (tmp_path / "job" / "csv" / "metrics.csv").is_file()  # the CSV log is kept alongside
 
 
-# -- the record-log reader ----------------------------------------------------------------------------------------------
+# -- the record-log reader ---------------------------------------------------------------------------------------------
 
 
 def _write_record_log(path: Path, payloads: list[bytes]) -> None:
