@@ -441,11 +441,12 @@ def plot_curves(table: pd.DataFrame, jobs: Sequence[Job], keys: dict[str, str], 
                 if curve is None:
                     continue
                 ax.plot(curve["epoch"], curve[key], style, color=colors[label],
-                        label=label if style == "-" else f"{label}: {key.split('/')[-1]}")
+                        label=f"{label}: {key.split('/')[-1]}" if len(keys) > 1 else label)
             if band:
                 low, high = (_mean_curves(rows, by_dir, k) for k in band)
                 if low is not None and high is not None:
-                    ax.fill_between(low["epoch"], low[band[0]], high[band[1]], color=colors[label], alpha=0.15)
+                    ax.fill_between(low["epoch"], low[band[0]], high[band[1]], color=colors[label], alpha=0.15,
+                                    label=f"{label}: min–max over samples")
         ax.set_title(f"{kind} noise, rate {float(rate)}")
         ax.set_xlabel("epoch")
         ax.set_ylabel(ylabel)
@@ -515,7 +516,7 @@ def make_plots(rep: SweepReport, reliability_setting: Optional[tuple[str, float]
         "Reliability diagrams": plot_reliability(table, reliability_setting, out / PLOTS["reliability"]),
         "Memorisation of the noisy labels": plot_curves(
             table, jobs, {"diag/memorized": "-", "diag/corrected": "--"},
-            "fraction of corrupted samples", out / PLOTS["memorization"], skip_clean=True),
+            "fraction of the corrupted training samples", out / PLOTS["memorization"], skip_clean=True),
     }
     rep.plots.update({name: path for name, path in made.items() if path is not None})
 
