@@ -186,7 +186,8 @@ def record_failure(cfg: DictConfig, error: BaseException) -> None:
 
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="config")
 def main(cfg: DictConfig) -> Optional[float]:
-    """Run once; in a multirun a failed job is recorded and the sweep goes on (the sweeper sees NaN)."""
+    """Run once; in a multirun a failed job is recorded and the sweep goes on (a grid sweeper sees NaN, an Optuna
+    study a failed trial)."""
     try:
         with wandb_logging.wandb_job(cfg):  # one W&B run per job, finished even if the job fails (logger=wandb)
             results = run(cfg)
