@@ -42,7 +42,9 @@ from adaptive_ls.config import (
     validate_config,
 )
 from adaptive_ls.diagnostics import NoiseDiagnostics
+from adaptive_ls import wandb_logging
 from adaptive_ls.noise import label_hash
+from adaptive_ls.sweeps import sweeper_marks_failures
 
 log = logging.getLogger(__name__)
 
@@ -208,7 +210,11 @@ def build_callbacks(cfg: DictConfig, output_dir: Path, has_val: bool, labels_has
 
 
 def build_loggers(cfg: DictConfig) -> list:
-    return [hydra.utils.instantiate(c) for c in (cfg.get("logger") or {}).values() if c is not None]
+    loggers = []
+    for name, c in (cfg.get("logger") or {}).items():
+        if c is not None:  # W&B: the job's own run, started and finished by wandb_logging.wandb_job (see main)
+            loggers.append(wandb_logging.lightning_logger(cfg) if name == "wandb" else hydra.utils.instantiate(c))
+    return [lg for lg in loggers if lg is not None]
 
 
 def keep_previous_logs(loggers: list, epoch: int) -> None:
@@ -357,10 +363,15 @@ EXPECTED_FAILURES = {ConfigError: 2, NonFiniteLossError: 1}  # exception -> exit
 
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="config")
 def main(cfg: DictConfig) -> Optional[float]:
-    """Run once and return the metric a sweeper optimises; a failure is handled by :func:`handle_failure`."""
+    """Run once and return the metric a sweeper optimises; a failure is handled by :func:`handle_failure` (a grid
+    sweep goes on past it with NaN; an Optuna study sees a failed trial)."""
     try:
-        results = run(cfg)
+        with wandb_logging.wandb_job(cfg):  # one W&B run per job, finished even if the job fails (logger=wandb)
+            results = run(cfg)
     except Exception as error:
+        if _is_multirun() and sweeper_marks_failures():  # Optuna: a raised error fails the trial, a NaN the study
+            record_failure(cfg, error)
+            raise
         return handle_failure(cfg, error, multirun=_is_multirun())
     return results.get(cfg.get("optimized_metric", "val/acc_best"))
 

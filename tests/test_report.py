@@ -1,0 +1,187 @@
+"""The sweep report on hand-made sweep folders: exact aggregates, failed and missing jobs, plots, variants."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from adaptive_ls import report
+from tests.test_wandb_logging import wandb_env  # noqa: F401  (fixture: W&B offline inside tmp_path)
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def make_job(root: Path, num: int, policy: str, rate: float, seed: int, acc: float, ece: float, nll: float,
+             kind: str = "symmetric", status: str = "completed", extra: dict | None = None,
+             overrides: list[str] | None = None, epochs: int = 3, eps: float = 0.0) -> Path:
+    """A job folder as train.py leaves it: .hydra/overrides.yaml, results.json (with history), reliability.json."""
+    job = root / str(num)
+    (job / ".hydra").mkdir(parents=True)
+    overrides = overrides if overrides is not None else [f"smoothing={policy}", f"noise.rate={rate}", f"seed={seed}"]
+    (job / ".hydra" / "overrides.yaml").write_text("".join(f"- {o}\n" for o in overrides))
+    history = [{"epoch": e, "train/loss": 2.0 - e, "smoothing/eps_mean": eps * (1 - e / epochs),
+                "diag/memorized": rate * e / epochs, "diag/corrected": rate * (1 - e / epochs)} for e in range(epochs)]
+    results = {"status": status, "smoothing": policy, "noise": kind, "noise/kind": kind, "noise/rate": rate,
+               "noise/realized_rate": rate, "noise/labels_hash": f"h{seed}{rate}", "seed": seed, "noise_seed": 0,
+               "test/acc": acc, "test/acc_at_best_val": acc + 0.01, "test/ece": ece, "test/nll": nll,
+               "history": history, **(extra or {})}
+    if status == "failed":
+        results = {"status": "failed", "seed": seed, "noise_seed": 0,
+                   "error": "ValueError: smoothing.eps=1.5 is out of range"}
+    (job / "results.json").write_text(json.dumps(results))
+    bins = np.linspace(0, 1, 6)
+    (job / "reliability.json").write_text(json.dumps({
+        "bin_lower": bins[:-1].tolist(), "bin_upper": bins[1:].tolist(), "confidence": [0.1, 0.3, 0.5, 0.7, 0.9],
+        "accuracy": [0.0, 0.2, 0.5, 0.8, acc], "count": [0, 5, 10, 20, 40 + seed]}))
+    return job
+
+
+@pytest.fixture
+def sweep(tmp_path) -> Path:
+    """2 policies x 2 rates x 3 seeds (one cell with a failed seed), plus a failed and a killed job."""
+    root = tmp_path / "multirun" / "2026-01-01_00-00-00"
+    values = {  # (policy, rate) -> per-seed (acc, ece, nll)
+        ("none", 0.0): [(0.90, 0.05, 0.30), (0.92, 0.04, 0.28), (0.94, 0.03, 0.26)],
+        ("none", 0.4): [(0.70, 0.20, 1.00), (0.74, 0.18, 0.90), (0.72, 0.22, 1.10)],
+        ("fixed", 0.0): [(0.91, 0.02, 0.35), (0.93, 0.01, 0.33), (0.95, 0.03, 0.31)],
+        ("fixed", 0.4): [(0.80, 0.10, 0.80), (0.84, 0.12, 0.70)],  # its seed 2 failed
+    }
+    num = 0
+    for (policy, rate), seeds in values.items():
+        for seed, (acc, ece, nll) in enumerate(seeds):
+            make_job(root, num, policy, rate, seed, acc, ece, nll, eps=0.0 if policy == "none" else 0.1)
+            num += 1
+    make_job(root, num, "fixed", 0.4, 2, 0, 0, 0, status="failed",
+             overrides=["smoothing=fixed", "noise.rate=0.4", "seed=2", "smoothing.eps=1.5"])
+    killed = root / str(num + 1) / ".hydra"  # started, never wrote results.json
+    killed.mkdir(parents=True)
+    (killed / "overrides.yaml").write_text("- smoothing=none\n- noise.rate=0.8\n- seed=0\n")
+    return root
+
+
+def test_table_has_exact_mean_and_sample_std_over_seeds(sweep):
+    rep = report.report([sweep])
+    csv = pd.read_csv(sweep / "report.csv")
+    assert list(csv[["policy", "noise", "rate"]].itertuples(index=False, name=None)) == [
+        ("none", "symmetric", 0.0), ("fixed", "symmetric", 0.0), ("none", "symmetric", 0.4),
+        ("fixed", "symmetric", 0.4)]
+    row = csv[(csv.policy == "none") & (csv.rate == 0.4)].iloc[0]
+    assert row["n"] == 3
+    assert row["test/acc_mean"] == pytest.approx(0.72)
+    assert row["test/acc_std"] == pytest.approx(0.02)  # sample std (ddof=1) of 0.70, 0.74, 0.72
+    assert row["test/acc_at_best_val_mean"] == pytest.approx(0.73)
+    assert row["test/ece_mean"] == pytest.approx(0.20) and row["test/ece_std"] == pytest.approx(0.02)
+    assert row["test/nll_mean"] == pytest.approx(1.0) and row["test/nll_std"] == pytest.approx(0.1)
+    row = csv[(csv.policy == "fixed") & (csv.rate == 0.4)].iloc[0]
+    assert row["n"] == 2  # the failed seed is not averaged in
+    assert row["test/acc_mean"] == pytest.approx(0.82) and row["test/acc_std"] == pytest.approx(np.std([0.8, 0.84],
+                                                                                                          ddof=1))
+    assert rep.counts == {"completed": 11, "failed": 1, "missing": 1}
+
+
+def test_markdown_names_failed_and_missing_jobs_and_embeds_plots(sweep):
+    report.report([sweep])
+    md = (sweep / "report.md").read_text()
+    assert "Read 13 jobs: 11 completed, 1 failed, 1 missing" in md
+    assert "| none | symmetric | 0.4 | 3 | 72.00 ± 2.00 | 73.00 ± 2.00 | 20.00 ± 2.00 | 1.000 ± 0.100 |" in md
+    failed = next(line for line in md.splitlines() if line.startswith("| 2026-01-01_00-00-00/11 "))
+    assert "failed" in failed and "smoothing.eps=1.5" in failed and "ValueError: smoothing.eps=1.5 is out" in failed
+    missing = next(line for line in md.splitlines() if line.startswith("| 2026-01-01_00-00-00/12 "))
+    assert "missing" in missing and "noise.rate=0.8" in missing
+    for name in report.PLOTS.values():
+        assert f"]({name})" in md
+
+
+def test_plots_are_written_and_memorisation_appears_when_logged(sweep):
+    rep = report.report([sweep])
+    for key, name in report.PLOTS.items():
+        data = (sweep / name).read_bytes()
+        assert data.startswith(PNG_MAGIC) and len(data) > 10_000, name
+    assert set(rep.plots.values()) == {sweep / n for n in report.PLOTS.values()}
+    for job in sweep.glob("*/results.json"):  # without the diagnostic, no memorisation plot
+        results = json.loads(job.read_text())
+        for row in results.get("history", []):
+            row.pop("diag/memorized"), row.pop("diag/corrected")
+        job.write_text(json.dumps(results))
+    (sweep / report.PLOTS["memorization"]).unlink()
+    rep = report.report([sweep])
+    assert not (sweep / report.PLOTS["memorization"]).exists()
+    assert "Memorisation of the noisy labels" not in rep.plots
+
+
+def test_reliability_bins_are_pooled_over_seeds(sweep):
+    jobs = [sweep / "0", sweep / "1"]
+    pooled = report.pooled_reliability(jobs)
+    np.testing.assert_allclose(pooled["count"], [0, 10, 20, 40, 81])
+    np.testing.assert_allclose(pooled["accuracy"][-1], (0.90 * 40 + 0.92 * 41) / 81)
+    with pytest.raises(ValueError, match="--reliability-noise asymmetric:0.2: no completed job"):
+        report.report([sweep], reliability_setting=("asymmetric", 0.2))
+
+
+def test_settings_that_vary_within_a_cell_are_kept_apart(tmp_path):
+    """A tuning sweep (ε varies, one seed each) must not be averaged into one row; a swept override neither."""
+    root = tmp_path / "tune"
+    for num, (eps, acc) in enumerate([(0.1, 0.8), (0.3, 0.9), (0.5, 0.7)]):
+        make_job(root, num, "fixed", 0.4, 0, acc, 0.1, 1.0, extra={"smoothing/eps": eps},
+                 overrides=[f"smoothing.eps={eps}", "optimizer.lr=0.05"])
+    make_job(root, 3, "fixed", 0.4, 0, 0.5, 0.1, 1.0, extra={"smoothing/eps": 0.5},
+             overrides=["smoothing.eps=0.5", "optimizer.lr=0.5"])
+    report.report([root])
+    csv = pd.read_csv(root / "report.csv")
+    assert list(csv["smoothing/eps"]) == [0.1, 0.3, 0.5, 0.5]
+    assert list(csv["optimizer.lr"]) == [0.05, 0.05, 0.05, 0.5]
+    assert list(csv["n"]) == [1, 1, 1, 1] and list(csv["test/acc_mean"]) == [0.8, 0.9, 0.7, 0.5]
+    assert "| fixed | symmetric | 0.4 | 0.1 | 0.05 | 1 | 80.00 |" in (root / "report.md").read_text()
+
+
+def test_the_same_seed_read_twice_is_flagged(tmp_path):
+    for sweep in ("a", "b"):
+        make_job(tmp_path / sweep, 0, "none", 0.4, 0, 0.7, 0.1, 1.0)
+    report.report([tmp_path / "a", tmp_path / "b"], out=tmp_path / "both")
+    md = (tmp_path / "both" / "report.md").read_text()
+    assert "some seeds appear more than once" in md and "| none | symmetric | 0.4 | 2 |" in md
+
+
+def test_command_line_says_what_it_read(sweep, tmp_path, caplog):
+    caplog.set_level("INFO", logger="adaptive_ls.report")
+    assert report.main([str(sweep)]) == 0
+    assert f"read 13 jobs under {sweep}: 11 completed, 1 failed, 1 missing" in caplog.text
+    assert "failed 2026-01-01_00-00-00/11: ValueError: smoothing.eps=1.5" in caplog.text
+    assert "missing 2026-01-01_00-00-00/12: no results.json" in caplog.text
+    assert f"wrote {sweep / 'report.md'}, {sweep / 'report.csv'} and 5 plots" in caplog.text
+    assert report.main([str(tmp_path / "nowhere")]) == 2
+
+
+def test_wandb_report_run_joins_the_sweep_group_offline(sweep, wandb_env, caplog):  # noqa: F811
+    from adaptive_ls import wandb_logging
+
+    for job in sweep.glob("*/results.json"):  # as train.py records them when the jobs logged to W&B
+        results = json.loads(job.read_text())
+        results.update({"wandb/group": "quickstart-2026", "wandb/project": "proj"})
+        job.write_text(json.dumps(results))
+    caplog.set_level("INFO", logger="adaptive_ls.report")
+    assert report.main([str(sweep), "--wandb"]) == 0
+    [run_dir] = wandb_logging.offline_runs(sweep / "wandb")
+    rec = wandb_logging.read_offline_run(run_dir, wait_s=30)
+    assert (rec.group, rec.job_type, rec.project, rec.exit_code) == ("quickstart-2026", "report", "proj", 0)
+    logged = {k: v for row in rec.history for k, v in row.items()}
+    assert logged["report/table"]["_type"] == "table-file" and logged["report/table"]["nrows"] == 4
+    for name in report.PLOTS.values():
+        assert logged[f"report/{Path(name).stem}"]["_type"] == "image-file"
+    assert rec.summary["jobs/failed"] == 1 and rec.summary["jobs/missing"] == 1
+    assert "would also publish a W&B Report 'adaptive-ls sweep quickstart-2026' in proj" in caplog.text
+
+
+def test_wandb_report_blocks_select_the_sweep_runs():
+    """The W&B Report's panels filter the project's runs down to this sweep's group (checked offline)."""
+    from wandb_workspaces import expr
+
+    blocks = report.wandb_report_blocks("quickstart-2026", "me", "adaptive-ls", "| table |", ["report/reliability"])
+    grids = [b for b in blocks if type(b).__name__ == "PanelGrid"]
+    leaves = [{(f.key.name, f.value) for f in expr.expr_to_filters(g.runsets[0].filters).filters} for g in grids]
+    assert leaves == [{("group", "quickstart-2026"), ("jobType", "train")},
+                      {("group", "quickstart-2026"), ("jobType", "report")}]
+    assert grids[1].panels[0].media_keys == ["report/reliability"]

@@ -1,0 +1,189 @@
+"""W&B logging: mode resolution, one offline run per job (finished even when the job fails), the record-log reader."""
+from __future__ import annotations
+
+import json
+import struct
+import zlib
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+
+from adaptive_ls import wandb_logging
+from adaptive_ls.train import CONFIG_DIR, run
+
+TINY = ["data=digits", "model.width=8", "trainer.max_epochs=2", "++trainer.limit_train_batches=3",
+        "trainer.enable_progress_bar=false", "trainer.accelerator=cpu", "test_best=false"]
+
+
+@pytest.fixture
+def wandb_env(tmp_path, monkeypatch):
+    """No credentials, no home-folder writes, no console capture: W&B offline inside tmp_path."""
+    home = tmp_path / "wandb_home"
+    for name in ("WANDB_API_KEY", "WANDB_IDENTITY_TOKEN_FILE", "WANDB_MODE", "WANDB_BASE_URL"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("NETRC", str(home / "netrc"))  # absent file: no credentials from ~/.netrc
+    for name, sub in (("WANDB_DIR", "dir"), ("WANDB_CONFIG_DIR", "config"), ("WANDB_CACHE_DIR", "cache"),
+                      ("WANDB_DATA_DIR", "data"), ("WANDB_ARTIFACT_DIR", "artifacts"),
+                      ("XDG_CACHE_HOME", "xdg_cache")):  # wandb-core's own debug log goes to the user cache dir
+        monkeypatch.setenv(name, str(home / sub))
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    monkeypatch.setenv("WANDB_CONSOLE", "off")
+    monkeypatch.setenv("WANDB_DISABLE_GIT", "true")
+    return home
+
+
+def compose_job(output_dir: Path, *overrides: str):
+    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+        return compose("config", overrides=[*TINY, f"paths.output_dir={output_dir}", *overrides])
+
+
+# -- mode --------------------------------------------------------------------------------------------------------------
+
+
+def test_auto_mode_is_offline_without_credentials_and_online_with_them(wandb_env, monkeypatch):
+    assert wandb_logging.resolve_mode("auto") == "offline"
+    netrc = Path(wandb_env) / "netrc"
+    netrc.parent.mkdir(parents=True, exist_ok=True)
+    netrc.write_text("machine api.wandb.ai\n  login user\n  password " + "a" * 40 + "\n")
+    netrc.chmod(0o600)
+    assert wandb_logging.has_credentials()
+    assert wandb_logging.resolve_mode("auto") == "online"
+    netrc.unlink()
+    monkeypatch.setenv("WANDB_API_KEY", "b" * 40)
+    assert wandb_logging.resolve_mode("auto") == "online"
+    monkeypatch.setenv("WANDB_MODE", "offline")  # the environment decides `auto` too
+    assert wandb_logging.resolve_mode("auto") == "offline"
+    assert wandb_logging.resolve_mode("disabled") == "disabled"  # an explicit mode wins
+
+
+def test_bad_modes_fail_early_with_the_key_to_change(wandb_env):
+    with pytest.raises(ValueError, match=r"logger\.wandb\.mode='sometimes'.*auto, online, offline, disabled"):
+        wandb_logging.resolve_mode("sometimes")
+    with pytest.raises(ValueError, match=r"logger\.wandb\.mode=online but no W&B credentials"):
+        wandb_logging.resolve_mode("online")
+
+
+# -- one run per job ---------------------------------------------------------------------------------------------------
+
+
+def test_job_writes_one_offline_run_with_history_summary_config_and_media(wandb_env, tmp_path):
+    out = tmp_path / "job"
+    cfg = compose_job(out, "logger=wandb", "smoothing=fixed", "smoothing.eps=0.2", "noise.rate=0.3",
+                      "logger.wandb.tags=[mine]")
+    with wandb_logging.wandb_job(cfg):
+        results = run(cfg)
+
+    runs = wandb_logging.offline_runs(out)
+    assert len(runs) == 1 and runs[0].parent == out / "wandb"  # inside the job's folder
+    rec = wandb_logging.read_offline_run(runs[0], wait_s=30)
+    assert rec.exit_code == 0
+    assert rec.group == out.parent.name + "-" + out.name and rec.job_type == "train"
+    assert rec.tags == ["fixed", "symmetric", "rate=0.3", "mine"]
+    assert rec.name == "fixed-symmetric0.3-seed0"
+    assert rec.config["smoothing"]["eps"] == 0.2 and rec.config["noise"]["rate"] == 0.3  # the resolved Hydra config
+    assert rec.config["paths"]["output_dir"] == str(out)
+    epochs = [h for h in rec.history if "train/loss" in h]
+    assert [h["epoch"] for h in epochs] == [0, 1]
+    assert all(h["smoothing/eps_mean"] == pytest.approx(0.2) for h in epochs)
+    assert sum("val/acc" in h for h in rec.history) >= 2
+    media = rec.history[-1]
+    assert media["noise/transition_matrix"]["_type"] == "table-file"
+    assert media["noise/transition_matrix"]["nrows"] == 10
+    assert media["test/reliability_diagram"]["_type"] == "image-file"
+    for key in ("test/acc", "test/ece", "test/nll", "val/acc_best", "test/acc_at_best_val", "noise/realized_rate"):
+        assert rec.summary[key] == pytest.approx(results[key], rel=1e-6), key  # the summary is results.json
+    assert rec.summary["status"] == "completed"
+    saved = json.loads((out / "results.json").read_text())
+    assert saved["wandb/id"] == rec.id and saved["wandb/group"] == rec.group and saved["wandb/mode"] == "offline"
+    assert (out / "noise_transition.png").is_file() and (out / "reliability.png").is_file()
+    assert not (Path.cwd() / "wandb").exists()
+
+
+def test_failed_job_finishes_its_run_and_the_next_job_gets_a_new_one(wandb_env, tmp_path):
+    bad = compose_job(tmp_path / "bad", "logger=wandb", "data.val_size=100000")  # fails after the run has started
+    with pytest.raises(ValueError, match="data.val_size=100000"):
+        with wandb_logging.wandb_job(bad):
+            run(bad)
+    good = compose_job(tmp_path / "good", "logger=wandb", "trainer.max_epochs=1")
+    with wandb_logging.wandb_job(good):
+        run(good)
+
+    failed = wandb_logging.read_offline_run(wandb_logging.offline_runs(tmp_path / "bad")[0], wait_s=30)
+    assert failed.exit_code == 1
+    assert failed.summary["status"] == "failed" and "data.val_size=100000" in failed.summary["error"]
+    assert failed.config["data"]["val_size"] == 100000  # a failed job still shows what it was asked to do
+    recorded = json.loads((tmp_path / "bad" / "results.json").read_text())
+    assert recorded["status"] == "failed" and recorded["wandb/id"] == failed.id
+    done = wandb_logging.read_offline_run(wandb_logging.offline_runs(tmp_path / "good")[0], wait_s=30)
+    assert done.exit_code == 0 and done.id != failed.id
+    assert not any("train/loss" in h for h in failed.history)  # the second job did not log into the first run
+
+
+def test_disabled_mode_logs_nothing(wandb_env, tmp_path):
+    cfg = compose_job(tmp_path / "job", "logger=wandb", "logger.wandb.mode=disabled", "trainer.max_epochs=1")
+    with wandb_logging.wandb_job(cfg) as job:
+        run(cfg)
+    assert job is None
+    assert not (tmp_path / "job" / "wandb").exists()
+    assert (tmp_path / "job" / "csv" / "metrics.csv").is_file()  # the CSV log is kept alongside
+
+
+# -- the record-log reader ---------------------------------------------------------------------------------------------
+
+
+def _write_record_log(path: Path, payloads: list[bytes]) -> None:
+    """A LevelDB-style log as wandb writes it: 7-byte file header, 32 KiB blocks, FULL/FIRST/MIDDLE/LAST records."""
+    block, out = 32768, bytearray(struct.pack("<4sHB", b":W&B", 0xBEE1, 0))
+    for data in payloads:
+        first = True
+        while True:
+            left = block - len(out) % block
+            if left < 7:
+                out += b"\x00" * left
+                left = block
+            chunk, data = data[: left - 7], data[left - 7:]
+            kind = (1 if first else 4) if not data else (2 if first else 3)
+            out += struct.pack("<IHB", zlib.crc32(chunk, zlib.crc32(bytes([kind]))) & 0xFFFFFFFF, len(chunk), kind)
+            out += chunk
+            first = False
+            if not data:
+                break
+    path.write_bytes(bytes(out))
+
+
+def test_reader_reassembles_records_split_across_blocks_and_rejects_corruption(tmp_path):
+    from wandb.proto import wandb_internal_pb2 as pb
+
+    records = []
+    run_record = pb.Record()
+    run_record.run.run_id, run_record.run.run_group = "abc", "g"
+    run_record.run.tags.extend(["x", "y"])
+    records.append(run_record.SerializeToString())
+    for step in range(3):  # ~30 KB each: every one crosses a block boundary
+        history = pb.Record()
+        item = history.history.item.add()
+        item.key, item.value_json = "big", json.dumps("v" * 30000 + str(step))
+        item = history.history.item.add()
+        item.nested_key.extend(["img", "width"])
+        item.value_json = str(step)
+        records.append(history.SerializeToString())
+    exit_record = pb.Record()
+    exit_record.exit.exit_code = 3
+    records.append(exit_record.SerializeToString())
+    path = tmp_path / "run-abc.wandb"
+    _write_record_log(path, records)
+
+    rec = wandb_logging.read_offline_run(path)
+    assert (rec.id, rec.group, rec.tags, rec.exit_code) == ("abc", "g", ["x", "y"], 3)
+    assert [h["big"][-1] for h in rec.history] == ["0", "1", "2"]
+    assert [h["img"] for h in rec.history] == [{"width": 0}, {"width": 1}, {"width": 2}]
+
+    data = bytearray(path.read_bytes())
+    data[40000] ^= 0xFF
+    path.write_bytes(bytes(data))
+    with pytest.raises(ValueError, match="checksum"):
+        wandb_logging.read_offline_run(path)
+    path.write_bytes(b"not a run file")
+    with pytest.raises(ValueError, match="not a W&B run file"):
+        wandb_logging.read_offline_run(path)
