@@ -8,7 +8,7 @@ from __future__ import annotations
 import inspect
 import math
 from functools import partial
-from typing import Callable, Optional
+from typing import Callable, Optional, Union
 
 import pytorch_lightning as pl
 import torch
@@ -50,6 +50,10 @@ class LabelSmoothingClassifier(pl.LightningModule):
         num_classes: K.
         scheduler_interval: ``"step"`` or ``"epoch"``: when Lightning steps the scheduler.
         ece_bins: bins of the equal-width ECE (15, as in Guo et al. 2017).
+        channels_last: keep conv weights and images in NHWC memory order (what GPU tensor cores read fastest);
+            ``"auto"``: on a GPU only.
+        compile: ``torch.compile`` the network in place (``nn.Module.compile``), so checkpoints keep their keys and
+            load into an uncompiled module; the first steps pay for the compilation.
     """
 
     def __init__(
@@ -61,10 +65,16 @@ class LabelSmoothingClassifier(pl.LightningModule):
         num_classes: int = 10,
         scheduler_interval: str = "step",
         ece_bins: int = 15,
+        channels_last: Union[bool, str] = "auto",
+        compile: bool = False,
     ):
         super().__init__()
         if scheduler_interval not in ("step", "epoch"):
             raise ValueError(f"scheduler_interval={scheduler_interval!r}: allowed are 'step', 'epoch'")
+        if channels_last not in (True, False, "auto"):
+            raise ValueError(f"channels_last={channels_last!r}: allowed are true, false, auto (auto: on a GPU only)")
+        if not isinstance(compile, bool):
+            raise ValueError(f"compile={compile!r}: allowed are true, false")
         self.save_hyperparameters(ignore=["net", "smoothing", "optimizer", "scheduler"])
         self.net = net
         self.smoothing = smoothing if smoothing is not None else NoSmoothing()
@@ -72,6 +82,8 @@ class LabelSmoothingClassifier(pl.LightningModule):
                                                       nesterov=True)
         self.scheduler_factory = scheduler
         self.num_classes, self.scheduler_interval, self.ece_bins = num_classes, scheduler_interval, ece_bins
+        self.channels_last, self.compile_net = channels_last, compile
+        self._memory_format = torch.contiguous_format  # settled in setup(), once the device is known
         accuracy = partial(MulticlassAccuracy, num_classes=num_classes, average="micro", validate_args=False)
         self.train_loss, self.train_acc = _mean(), accuracy()
         self.eps_mean, self.eps_min, self.eps_max = _mean(), MinMetric(nan_strategy="disable"), MaxMetric(nan_strategy="disable")
@@ -83,6 +95,8 @@ class LabelSmoothingClassifier(pl.LightningModule):
         self.test_reliability: Optional[dict] = None  # reliability-diagram data of the last test run
 
     def forward(self, x: Tensor) -> Tensor:
+        if x.ndim == 4:  # a no-op when the batch is already in the net's memory order
+            x = x.contiguous(memory_format=self._memory_format)
         return self.net(x)
 
     # -- training -----------------------------------------------------------------------------------------------------
@@ -91,6 +105,16 @@ class LabelSmoothingClassifier(pl.LightningModule):
         datamodule = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
         if datamodule is not None and hasattr(datamodule, "num_train_total"):
             self.smoothing.setup(datamodule.num_train_total, self.num_classes)
+        device = self.trainer.strategy.root_device if self._trainer is not None else self.device
+        self.set_speed_options(device)
+
+    def set_speed_options(self, device: torch.device) -> None:
+        """Apply ``channels_last`` and ``compile`` for training on ``device`` (idempotent)."""
+        use_nhwc = self.channels_last is True or (self.channels_last == "auto" and device.type == "cuda")
+        self._memory_format = torch.channels_last if use_nhwc else torch.contiguous_format
+        self.net.to(memory_format=self._memory_format)  # conv weights only; other parameters are unaffected
+        if self.compile_net and getattr(self.net, "_compiled_call_impl", None) is None:
+            self.net.compile()
 
     def on_train_start(self) -> None:
         self._total_steps = max(int(self.trainer.estimated_stepping_batches), 1)
@@ -104,7 +128,7 @@ class LabelSmoothingClassifier(pl.LightningModule):
 
     def training_step(self, batch, batch_idx: int):
         images, targets, index = batch
-        logits = self.net(images)
+        logits = self(images)
         target = self.smoothing(logits.detach(), targets, index, self.progress())
         eps = target.eps if isinstance(target.eps, Tensor) else torch.full((), float(target.eps), device=logits.device)
         loss_per_sample = smoothed_cross_entropy(logits, targets, eps, target.q, reduction="none")
@@ -112,8 +136,9 @@ class LabelSmoothingClassifier(pl.LightningModule):
         self.train_loss.update(loss_per_sample.detach())
         self.train_acc.update(logits.detach(), targets)
         self.eps_mean.update(eps.detach().float())
-        self.eps_min.update(eps.detach().float())
-        self.eps_max.update(eps.detach().float())
+        if self.smoothing.per_sample:  # a batch-constant ε has min = max = mean: no need to track them
+            self.eps_min.update(eps.detach().float())
+            self.eps_max.update(eps.detach().float())
         self.log("train/loss", self.train_loss, on_step=False, on_epoch=True)
         self.log("train/acc", self.train_acc, on_step=False, on_epoch=True)  # against the (noisy) training labels
         self.log("smoothing/eps_mean", self.eps_mean, on_step=False, on_epoch=True)
@@ -129,7 +154,7 @@ class LabelSmoothingClassifier(pl.LightningModule):
 
     def validation_step(self, batch, batch_idx: int) -> None:
         images, targets, _ = batch
-        logits = self.net(images)
+        logits = self(images)
         self.val_nll.update(F.cross_entropy(logits.float(), targets, reduction="none"))
         self.val_acc.update(logits, targets)
         self._eval_outputs["val"].append((logits.detach().float(), targets))
@@ -145,7 +170,7 @@ class LabelSmoothingClassifier(pl.LightningModule):
 
     def test_step(self, batch, batch_idx: int) -> None:
         images, targets, _ = batch
-        self._eval_outputs["test"].append((self.net(images).detach().float(), targets))
+        self._eval_outputs["test"].append((self(images).detach().float(), targets))
 
     def on_test_epoch_end(self) -> None:
         logits, targets = self._collect("test")

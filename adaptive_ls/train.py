@@ -69,7 +69,7 @@ def write_json(path: Path, payload: dict) -> None:
 
 
 def build_callbacks(cfg: DictConfig, output_dir: Path, has_val: bool) -> list[pl.Callback]:
-    from pytorch_lightning.callbacks import ModelCheckpoint
+    from pytorch_lightning.callbacks import ModelCheckpoint, TQDMProgressBar
 
     checkpoint = ModelCheckpoint(
         dirpath=output_dir / "checkpoints",
@@ -80,7 +80,10 @@ def build_callbacks(cfg: DictConfig, output_dir: Path, has_val: bool) -> list[pl
         save_top_k=1,
         save_last=True,
     )
-    return [checkpoint, EpochHistory()]
+    callbacks = [checkpoint, EpochHistory()]
+    if cfg.trainer.get("enable_progress_bar", True):  # redrawn every N steps, not every step: host time is step time
+        callbacks.append(TQDMProgressBar(refresh_rate=int(cfg.get("progress_bar_refresh_rate", 20))))
+    return callbacks
 
 
 def build_loggers(cfg: DictConfig) -> list:
@@ -154,7 +157,8 @@ def _build_module(cfg: DictConfig, net, policy, num_classes: int):
 
     optimizer = hydra.utils.instantiate(cfg.optimizer) if cfg.get("optimizer") else None
     scheduler = hydra.utils.instantiate(cfg.scheduler) if cfg.get("scheduler") else None
-    return LabelSmoothingClassifier(net, policy, optimizer, scheduler, num_classes=num_classes)
+    return LabelSmoothingClassifier(net, policy, optimizer, scheduler, num_classes=num_classes,
+                                    channels_last=cfg.get("channels_last", "auto"), compile=cfg.get("compile", False))
 
 
 # conf/ sits beside the package (editable install); absolute, so the console script finds it from any folder.
