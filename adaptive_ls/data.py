@@ -64,11 +64,33 @@ def normalize(images: Tensor, mean: Tensor, std: Tensor) -> Tensor:
 # ---------------------------------------------------------------------------------------------------------------------
 
 
+def epoch_permutation(n: int, seed: int, epoch: int) -> Tensor:
+    """The shuffling order of one epoch, drawn on the CPU from (seed, epoch) alone: the same on CPU and GPU, for both
+    loaders, and for a run resumed at that epoch."""
+    return torch.randperm(n, generator=torch.Generator().manual_seed(seed * 100_003 + epoch))
+
+
+class EpochSampler(torch.utils.data.Sampler):
+    """DataLoader sampler with :func:`epoch_permutation`'s order, so ``loader=dataloader`` shuffles like the default."""
+
+    def __init__(self, n: int, seed: int, epoch_fn: Optional[Callable[[], int]] = None):
+        self.n, self.seed, self.epoch_fn, self._epochs_iterated = n, seed, epoch_fn, 0
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __iter__(self):
+        epoch = self.epoch_fn() if self.epoch_fn is not None else self._epochs_iterated
+        self._epochs_iterated += 1
+        return iter(epoch_permutation(self.n, self.seed, epoch).tolist())
+
+
 class TensorBatches:
     """Yields (images, labels, index) batches for the samples ``index`` of tensors already on the training device.
 
-    The shuffling permutation is drawn on the CPU from ``seed`` and the epoch (so CPU and GPU runs see the same
-    order, and a resumed run continues the same sequence); with ``world_size > 1`` each rank takes its own shard.
+    The shuffling permutation is :func:`epoch_permutation` (CPU, from ``seed`` and the epoch: CPU and GPU runs see
+    the same order, and a resumed run continues the same sequence); with ``world_size > 1`` each rank takes its
+    own shard.
     """
 
     def __init__(
@@ -93,8 +115,7 @@ class TensorBatches:
         n = self.index.shape[0]
         if self.shuffle:
             epoch = self.epoch_fn() if self.epoch_fn is not None else self._epochs_iterated
-            generator = torch.Generator().manual_seed(self.seed * 100_003 + epoch)
-            order = torch.randperm(n, generator=generator)
+            order = epoch_permutation(n, self.seed, epoch)
         else:
             order = torch.arange(n)
         if self.world_size > 1:  # equal shards so every rank takes the same number of steps
@@ -267,10 +288,11 @@ class NoisyLabelDataModule(pl.LightningDataModule):
         drop_last = train and len(index) // max(world, 1) > batch_size  # BatchNorm dislikes a last batch of one
         if self.loader == "dataloader":
             dataset = IndexedTensorDataset(images[index], labels[index], index)
-            return DataLoader(dataset, batch_size=batch_size, shuffle=train, drop_last=drop_last,
+            epoch_fn = (lambda: trainer.current_epoch) if trainer is not None else None
+            sampler = EpochSampler(len(dataset), self.seed, epoch_fn) if train else None
+            return DataLoader(dataset, batch_size=batch_size, sampler=sampler, drop_last=drop_last,
                               num_workers=self.num_workers, pin_memory=torch.cuda.is_available(),
-                              persistent_workers=self.num_workers > 0,
-                              generator=torch.Generator().manual_seed(self.seed) if train else None)
+                              persistent_workers=self.num_workers > 0)
         device = self._device()
         return TensorBatches(
             self._on_device("test_images" if split == "test" else "train_images", images, device),

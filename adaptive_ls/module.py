@@ -89,6 +89,7 @@ class LabelSmoothingClassifier(pl.LightningModule):
         self.eps_mean, self.eps_min, self.eps_max = _mean(), MinMetric(nan_strategy="disable"), MaxMetric(nan_strategy="disable")
         self.val_nll, self.val_acc, self.val_acc_best = _mean(), accuracy(), MaxMetric(nan_strategy="disable")
         self._total_steps = 1
+        self._eps_host_sum, self._eps_host_steps = 0.0, 0  # mean of a batch-constant ε over the epoch's steps
         self._eval_outputs: dict[str, list] = {"val": [], "test": []}
         self.val_logits: Optional[Tensor] = None  # last validation epoch's logits and labels, for temperature scaling
         self.val_targets: Optional[Tensor] = None
@@ -130,16 +131,25 @@ class LabelSmoothingClassifier(pl.LightningModule):
         images, targets, index = batch
         logits = self(images)
         target = self.smoothing(logits.detach(), targets, index, self.progress())
-        eps = target.eps if isinstance(target.eps, Tensor) else torch.full((), float(target.eps), device=logits.device)
-        loss_per_sample = smoothed_cross_entropy(logits, targets, eps, target.q, reduction="none")
+        loss_per_sample = smoothed_cross_entropy(logits, targets, target.eps, target.q, reduction="none")
         loss = loss_per_sample.mean()
         self.train_loss.update(loss_per_sample.detach())
         self.train_acc.update(logits.detach(), targets)
-        self.eps_mean.update(eps.detach().float())
-        if self.smoothing.per_sample:  # a batch-constant ε has min = max = mean: no need to track them
-            self.eps_min.update(eps.detach().float())
-            self.eps_max.update(eps.detach().float())
-        return {"loss": loss, "eps": eps.detach(), "index": index, "logits": logits.detach()}
+        eps = target.eps.detach() if isinstance(target.eps, Tensor) else float(target.eps)
+        self._track_eps(eps)
+        return {"loss": loss, "eps": eps, "index": index, "logits": logits.detach()}
+
+    def _track_eps(self, eps) -> None:
+        """Epoch statistics of ε: per-sample ε on the device; a batch-constant ε (a float) on the host, for free."""
+        if isinstance(eps, Tensor):
+            eps = eps.float()
+            self.eps_mean.update(eps)
+            if self.smoothing.per_sample:  # a batch-constant ε has min = max = mean: no need to track them
+                self.eps_min.update(eps)
+                self.eps_max.update(eps)
+        else:
+            self._eps_host_sum += eps
+            self._eps_host_steps += 1
 
     def on_train_epoch_end(self) -> None:
         # Logged once per epoch, not per step: each self.log call costs ~0.5 ms of host time (Lightning moves and
@@ -151,8 +161,11 @@ class LabelSmoothingClassifier(pl.LightningModule):
         for name, metric in metrics.items():
             if metric.update_called:
                 self.log(name, metric.compute())  # torchmetrics reduces across processes in compute()
+        if self._eps_host_steps:  # the same on every process: no reduction needed
+            self.log("smoothing/eps_mean", self._eps_host_sum / self._eps_host_steps)
         for metric in (self.train_loss, self.train_acc, self.eps_mean, self.eps_min, self.eps_max):
             metric.reset()
+        self._eps_host_sum, self._eps_host_steps = 0.0, 0
         self.smoothing.on_train_epoch_end()
 
     # -- evaluation ---------------------------------------------------------------------------------------------------

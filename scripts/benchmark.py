@@ -216,10 +216,11 @@ class SyncCounter:
 class Window:
     """Wall-clock time of steps ``warmup+1 .. warmup+steps``, read between two device synchronisations."""
 
-    def __init__(self, device: torch.device, warmup: int, steps: int, sync_debug: bool):
+    def __init__(self, device: torch.device, warmup: int, steps: int, sync_debug: bool, profile: Optional[Path] = None):
         self.device, self.warmup, self.steps, self.count = device, warmup, steps, 0
         self.t0 = self.t1 = self.c0 = self.c1 = None
         self.syncs = SyncCounter(sync_debug and device.type == "cuda")
+        self.profile_path, self._profiler = profile, None
 
     def step_done(self) -> None:
         self.count += 1
@@ -227,10 +228,32 @@ class Window:
             synchronize(self.device)
             self.t0, self.c0 = time.perf_counter(), time.process_time()
             self.syncs.start()
+            if self.profile_path is not None:
+                activities = [torch.profiler.ProfilerActivity.CPU]
+                if self.device.type == "cuda":
+                    activities.append(torch.profiler.ProfilerActivity.CUDA)
+                self._profiler = torch.profiler.profile(activities=activities)
+                self._profiler.__enter__()
         elif self.count == self.warmup + self.steps:
             self.syncs.stop()
             synchronize(self.device)
             self.t1, self.c1 = time.perf_counter(), time.process_time()
+            if self._profiler is not None:
+                self._profiler.__exit__(None, None, None)
+                self.write_profile()
+
+    def write_profile(self) -> None:
+        """Top operators by host time and by device time, and the device-busy share of the window's wall time."""
+        events = self._profiler.key_averages()
+        lines = [f"{self.steps} steps, {1000 * (self.t1 - self.t0) / self.steps:.3f} ms/step wall (profiled)"]
+        if self.device.type == "cuda":
+            busy_us = sum(e.self_device_time_total for e in events)
+            lines.append(f"device busy {busy_us / 1000 / self.steps:.3f} ms/step = "
+                         f"{busy_us / 1e6 / (self.t1 - self.t0):.1%} of wall time")
+            lines.append(events.table(sort_by="self_device_time_total", row_limit=25))
+        lines.append(events.table(sort_by="self_cpu_time_total", row_limit=40))
+        self.profile_path.parent.mkdir(parents=True, exist_ok=True)
+        self.profile_path.write_text("\n".join(lines))
 
     @property
     def done(self) -> bool:
@@ -276,6 +299,10 @@ def peak_memory_mb(device: torch.device) -> float:
 # ---------------------------------------------------------------------------------------------------------------------
 
 
+def profile_path(args, mode: str) -> Optional[Path]:
+    return Path(args.profile) / f"{mode}_profile.txt" if args.profile else None
+
+
 def run_package(args, data, device: torch.device, precision: str) -> dict:
     """(a) LabelSmoothingClassifier + the package's data module in a real pl.Trainer.fit."""
     import pytorch_lightning as pl
@@ -291,7 +318,7 @@ def run_package(args, data, device: torch.device, precision: str) -> dict:
                                       channels_last=args.channels_last, compile=args.compile)
     datamodule = ArrayDataModule(images, labels, batch_size=args.batch_size, seed=args.seed, loader=args.loader,
                                  num_workers=args.workers if args.loader == "dataloader" else 0)
-    window = Window(device, args.warmup, args.steps, args.sync_debug)
+    window = Window(device, args.warmup, args.steps, args.sync_debug, profile_path(args, "package"))
 
     class Timer(pl.Callback):
         def on_train_batch_end(self, trainer, *_):
@@ -361,7 +388,7 @@ def run_raw(args, data, device: torch.device, precision: str) -> dict:
             yield normalize(x, mean, std), labels[index], index
 
     net, channels_last = _prepare_net(args, device)
-    window = Window(device, args.warmup, args.steps, args.sync_debug)
+    window = Window(device, args.warmup, args.steps, args.sync_debug, profile_path(args, "raw"))
     _train_steps(batches, net, build_policy(args.policy, args.policy_arg), device, precision, channels_last,
                  args.warmup + args.steps, window, n)
     return window.result(device)
@@ -385,7 +412,7 @@ def run_dataloader(args, data, device: torch.device, precision: str) -> dict:
 
     reset_peak_memory(device)
     net, channels_last = _prepare_net(args, device)
-    window = Window(device, args.warmup, args.steps, args.sync_debug)
+    window = Window(device, args.warmup, args.steps, args.sync_debug, profile_path(args, "dataloader"))
     _train_steps(batches, net, build_policy(args.policy, args.policy_arg), device, precision, channels_last,
                  args.warmup + args.steps, window, len(dataset))
     del loader  # stop the persistent workers
@@ -446,6 +473,8 @@ def summarise(args, results: dict[str, list[dict]], info: dict, data_source: str
     for other in ("raw", "dataloader"):
         a, b = out.get("package_img_per_s"), out.get(f"{other}_img_per_s")
         out[f"package_vs_{other}"] = a / b if a and b else None
+    if "package" in results and "raw" in results:  # robust to other load on a CPU-only machine (one thread each)
+        out["package_vs_raw_cpu_time"] = out["raw_cpu_ms_per_step"] / out["package_cpu_ms_per_step"]
     return out
 
 
@@ -465,7 +494,8 @@ def print_table(out: dict) -> None:
             runs = ", ".join(f"{r:.0f}" for r in out[f"{mode}_img_per_s_all"])
             print(f"| {names[mode]} | {out[f'{mode}_img_per_s']:.1f} | {runs} | {out[f'{mode}_cpu_ms_per_step']:.1f} "
                   f"| {out[f'{mode}_peak_mb']:.0f} MB |")
-    for key, label in (("package_vs_raw", "a/b (target >= 0.90)"), ("package_vs_dataloader", "a/c (GPU target >= 3)")):
+    for key, label in (("package_vs_raw", "a/b (target >= 0.90)"), ("package_vs_dataloader", "a/c (GPU target >= 3)"),
+                       ("package_vs_raw_cpu_time", "a/b by host CPU time per step")):
         if out.get(key) is not None:
             print(f"{label}: {out[key]:.3f}")
     for mode in MODES:
@@ -543,6 +573,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="show the package's progress bar, redrawn every N steps (default: off)")
     p.add_argument("--sync-debug", action="store_true",
                    help="CUDA: count host-device synchronisations in each timed window (slower; not for figures)")
+    p.add_argument("--profile", default=None, metavar="DIR",
+                   help="torch.profiler over each timed window: DIR/<mode>_profile.txt (slower; not for figures)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's own choice)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="cuda" if gpu else "cpu")

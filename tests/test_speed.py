@@ -223,3 +223,15 @@ def test_benchmark_json_has_the_documented_keys(tmp_path):
     assert out["package_vs_raw"] == pytest.approx(out["package_img_per_s"] / out["raw_img_per_s"])
     assert out["package_vs_dataloader"] == pytest.approx(out["package_img_per_s"] / out["dataloader_img_per_s"])
     assert out["data"].startswith("synthetic")
+
+
+def test_dataloader_path_shuffles_like_the_device_path_epoch_by_epoch():
+    orders = {}
+    for loader in ("device", "dataloader"):
+        dm = DigitsDataModule(root="unused", seed=3, loader=loader, batch_size=100)
+        dm.setup("fit")
+        batches = dm.train_dataloader()
+        orders[loader] = [torch.cat([index for _, _, index in batches]) for _epoch in range(2)]
+    assert torch.equal(orders["device"][0], orders["dataloader"][0])
+    assert torch.equal(orders["device"][1], orders["dataloader"][1])
+    assert not torch.equal(orders["device"][0], orders["device"][1])  # a new order every epoch
