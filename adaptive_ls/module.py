@@ -8,7 +8,7 @@ from __future__ import annotations
 import inspect
 import math
 from functools import partial
-from typing import Callable, Optional, Union
+from typing import Callable, Optional
 
 import pytorch_lightning as pl
 import torch
@@ -50,8 +50,8 @@ class LabelSmoothingClassifier(pl.LightningModule):
         num_classes: K.
         scheduler_interval: ``"step"`` or ``"epoch"``: when Lightning steps the scheduler.
         ece_bins: bins of the equal-width ECE (15, as in Guo et al. 2017).
-        channels_last: keep conv weights and images in NHWC memory order (what GPU tensor cores read fastest);
-            ``"auto"``: on a GPU only.
+        channels_last: keep conv weights and images in NHWC memory order: what GPU tensor cores and x86 CPUs
+            (oneDNN) convolve fastest.
         compile: ``torch.compile`` the network in place (``nn.Module.compile``), so checkpoints keep their keys and
             load into an uncompiled module; the first steps pay for the compilation.
     """
@@ -65,14 +65,14 @@ class LabelSmoothingClassifier(pl.LightningModule):
         num_classes: int = 10,
         scheduler_interval: str = "step",
         ece_bins: int = 15,
-        channels_last: Union[bool, str] = "auto",
+        channels_last: bool = True,
         compile: bool = False,
     ):
         super().__init__()
         if scheduler_interval not in ("step", "epoch"):
             raise ValueError(f"scheduler_interval={scheduler_interval!r}: allowed are 'step', 'epoch'")
-        if channels_last not in (True, False, "auto"):
-            raise ValueError(f"channels_last={channels_last!r}: allowed are true, false, auto (auto: on a GPU only)")
+        if not isinstance(channels_last, bool):
+            raise ValueError(f"channels_last={channels_last!r}: allowed are true, false")
         if not isinstance(compile, bool):
             raise ValueError(f"compile={compile!r}: allowed are true, false")
         self.save_hyperparameters(ignore=["net", "smoothing", "optimizer", "scheduler"])
@@ -83,7 +83,7 @@ class LabelSmoothingClassifier(pl.LightningModule):
         self.scheduler_factory = scheduler
         self.num_classes, self.scheduler_interval, self.ece_bins = num_classes, scheduler_interval, ece_bins
         self.channels_last, self.compile_net = channels_last, compile
-        self._memory_format = torch.contiguous_format  # settled in setup(), once the device is known
+        self._memory_format = torch.contiguous_format  # applied in setup()
         accuracy = partial(MulticlassAccuracy, num_classes=num_classes, average="micro", validate_args=False)
         self.train_loss, self.train_acc = _mean(), accuracy()
         self.eps_mean, self.eps_min, self.eps_max = _mean(), MinMetric(nan_strategy="disable"), MaxMetric(nan_strategy="disable")
@@ -106,13 +106,11 @@ class LabelSmoothingClassifier(pl.LightningModule):
         datamodule = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
         if datamodule is not None and hasattr(datamodule, "num_train_total"):
             self.smoothing.setup(datamodule.num_train_total, self.num_classes)
-        device = self.trainer.strategy.root_device if self._trainer is not None else self.device
-        self.set_speed_options(device)
+        self.set_speed_options()
 
-    def set_speed_options(self, device: torch.device) -> None:
-        """Apply ``channels_last`` and ``compile`` for training on ``device`` (idempotent)."""
-        use_nhwc = self.channels_last is True or (self.channels_last == "auto" and device.type == "cuda")
-        self._memory_format = torch.channels_last if use_nhwc else torch.contiguous_format
+    def set_speed_options(self) -> None:
+        """Apply ``channels_last`` and ``compile`` to the net (idempotent; before the first step)."""
+        self._memory_format = torch.channels_last if self.channels_last else torch.contiguous_format
         self.net.to(memory_format=self._memory_format)  # conv weights only; other parameters are unaffected
         if self.compile_net and getattr(self.net, "_compiled_call_impl", None) is None:
             self.net.compile()

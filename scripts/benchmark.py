@@ -363,7 +363,7 @@ def _train_steps(batches, net, policy, device, precision, channels_last, total, 
 
 def _prepare_net(args, device: torch.device) -> tuple[nn.Module, bool]:
     net = build_net(args.model, args.seed).to(device)
-    channels_last = args.channels_last is True or (args.channels_last == "auto" and device.type == "cuda")
+    channels_last = args.channels_last
     if channels_last:
         net = net.to(memory_format=torch.channels_last)
     if args.compile:
@@ -562,8 +562,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--policy-arg", action="append", default=[], metavar="KEY=VALUE",
                    help="override a policy setting, e.g. --policy-arg ema=0.9 (repeatable)")
     p.add_argument("--precision", default="auto", help="auto (bf16-mixed on a GPU, 32-true on a CPU) | 32-true | ...")
-    p.add_argument("--channels-last", default="auto", type=lambda s: {"true": True, "false": False}.get(s.lower(), s),
-                   help="auto (on a GPU) | true | false")
+    p.add_argument("--channels-last", default="true", choices=("true", "false"),
+                   help="NHWC memory order in every mode (the package's default: true)")
     p.add_argument("--compile", action="store_true", help="torch.compile the net in every mode")
     p.add_argument("--workers", type=int, default=min(8, max(1, (os.cpu_count() or 2) - 1)),
                    help="DataLoader workers for (c) (and for (a) with --loader dataloader)")
@@ -589,8 +589,7 @@ def parse_args(argv=None) -> argparse.Namespace:
         p.error(f"--modes {args.modes}: allowed are {','.join(MODES)}")
     if args.warmup < 1 or args.steps < 1:
         p.error("--warmup and --steps must be at least 1")
-    if args.channels_last not in (True, False, "auto"):
-        p.error(f"--channels-last {args.channels_last}: allowed are auto, true, false")
+    args.channels_last = args.channels_last == "true"
     args.modes = modes
     if args.num_images is None:
         args.num_images = 50_000 if gpu else max(args.batch_size * 8, args.batch_size * (args.warmup + args.steps))
@@ -611,11 +610,11 @@ def main(argv=None) -> dict:
             torch.backends.cudnn.benchmark = True
         precision = auto_precision(device.type if device.type != "cuda" else "gpu") \
             if args.precision == "auto" else args.precision
-        channels_last = args.channels_last is True or (args.channels_last == "auto" and device.type == "cuda")
+        channels_last = args.channels_last
         info = machine(device)
         images, labels, source = load_cifar(args.data, args.num_images, args.seed)
         args.num_images = len(labels)
-        print(f"data: {source}", flush=True)
+        print(f"using {source}", flush=True)
         results: dict[str, list[dict]] = {m: [] for m in args.modes}
         for r in range(args.repeats):
             for mode in args.modes:

@@ -83,7 +83,7 @@ def test_channels_last_gives_the_same_loss_and_gradients_as_contiguous():
     results = []
     for channels_last in (False, True):
         module = _classifier(channels_last)
-        module.set_speed_options(torch.device("cpu"))
+        module.set_speed_options()
         conv = module.net[0][0]
         assert conv.weight.is_contiguous(memory_format=torch.channels_last) == channels_last
         loss = module.training_step(batch, 0)["loss"]
@@ -94,29 +94,31 @@ def test_channels_last_gives_the_same_loss_and_gradients_as_contiguous():
     assert torch.allclose(grad_a, grad_b, rtol=1e-4, atol=1e-6)
 
 
-def test_channels_last_auto_is_on_for_cuda_only():
-    for setting, device, expected in (("auto", "cpu", torch.contiguous_format), (True, "cpu", torch.channels_last),
-                                      (False, "cuda", torch.contiguous_format)):
-        module = _classifier(setting)
-        module.set_speed_options(torch.device(device))  # moves nothing: only the memory format is set
-        assert module._memory_format == expected
+def test_channels_last_is_the_default_and_reaches_the_batches():
+    assert compose_config().channels_last is True
+    module = LabelSmoothingClassifier(small_cnn(width=8))
+    module.set_speed_options()
+    seen = []
+    module.net.register_forward_pre_hook(lambda _, args: seen.append(args[0]))
+    module(torch.randn(2, 3, 8, 8))  # a contiguous batch is converted on the way in
+    assert seen[0].is_contiguous(memory_format=torch.channels_last)
 
 
 def test_speed_options_are_checked():
     with pytest.raises(ValueError, match="channels_last"):
-        _classifier("yes")
+        _classifier("auto")
     with pytest.raises(ValueError, match="compile"):
         _classifier(False, compile="fast")
 
 
 def test_compile_is_off_by_default_and_keeps_checkpoint_keys():
     cfg = compose_config()
-    assert cfg.compile is False and cfg.channels_last == "auto"
-    plain = _classifier("auto")
-    plain.set_speed_options(torch.device("cpu"))
+    assert cfg.compile is False
+    plain = LabelSmoothingClassifier(small_cnn(width=8))
+    plain.set_speed_options()
     assert plain.compile_net is False and getattr(plain.net, "_compiled_call_impl", None) is None
-    compiled = _classifier("auto", compile=True)
-    compiled.set_speed_options(torch.device("cpu"))  # marks the net for compilation; nothing is compiled until called
+    compiled = LabelSmoothingClassifier(small_cnn(width=8), compile=True)
+    compiled.set_speed_options()  # marks the net for compilation; nothing is compiled until called
     assert compiled.net._compiled_call_impl is not None
     assert compiled.state_dict().keys() == plain.state_dict().keys()  # checkpoints load either way
     plain.load_state_dict(compiled.state_dict())
