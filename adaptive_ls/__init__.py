@@ -10,6 +10,9 @@ from adaptive_ls.smoothing import (
     SmoothingTarget,
     smoothed_cross_entropy,
 )
+from adaptive_ls.speed import register_resolvers
+
+register_resolvers()  # ${auto_precision:...} in conf/trainer/default.yaml
 
 __version__ = "0.1.0"
 

@@ -67,11 +67,18 @@ def normalize(images: Tensor, mean: Tensor, std: Tensor) -> Tensor:
 # ---------------------------------------------------------------------------------------------------------------------
 
 
+def epoch_permutation(n: int, seed: int, epoch: int) -> Tensor:
+    """The shuffling order of one epoch, drawn on the CPU from (seed, epoch) alone: the same on CPU and GPU, for both
+    loaders, and for a run resumed at that epoch."""
+    return torch.randperm(n, generator=torch.Generator().manual_seed(seed * 100_003 + epoch))
+
+
 class TensorBatches:
     """Yields (images, labels, index) batches for the samples ``index`` of tensors already on the training device.
 
-    The shuffling permutation is drawn on the CPU from ``seed`` and the epoch (so CPU and GPU runs see the same
-    order, and a resumed run continues the same sequence); with ``world_size > 1`` each rank takes its own shard.
+    The shuffling permutation is :func:`epoch_permutation` (CPU, from ``seed`` and the epoch: CPU and GPU runs see
+    the same order, and a resumed run continues the same sequence); with ``world_size > 1`` each rank takes its
+    own shard.
     """
 
     def __init__(
@@ -96,8 +103,7 @@ class TensorBatches:
         n = self.index.shape[0]
         if self.shuffle:
             epoch = self.epoch_fn() if self.epoch_fn is not None else self._epochs_iterated
-            generator = torch.Generator().manual_seed(self.seed * 100_003 + epoch)
-            order = torch.randperm(n, generator=generator)
+            order = epoch_permutation(n, self.seed, epoch)
         else:
             order = torch.arange(n)
         if self.world_size > 1:  # equal shards so every rank takes the same number of steps

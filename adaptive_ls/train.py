@@ -186,7 +186,7 @@ def build_callbacks(cfg: DictConfig, output_dir: Path, has_val: bool, labels_has
     """The run's callbacks by name: checkpoints (``last`` every epoch, ``best`` by val/acc), noise diagnostics,
     history, NaN guard, resume state, and any extra ones the config names under ``callbacks`` (name: {_target_: ...}).
     Order matters: hooks run in this order, so diagnostics are logged before the history records the epoch."""
-    from pytorch_lightning.callbacks import ModelCheckpoint
+    from pytorch_lightning.callbacks import ModelCheckpoint, TQDMProgressBar
 
     # Saved at the end of each training epoch: after validation and EpochHistory, so a checkpoint carries both.
     every_epoch = dict(dirpath=output_dir / "checkpoints", every_n_epochs=1, save_on_train_epoch_end=True)
@@ -203,6 +203,8 @@ def build_callbacks(cfg: DictConfig, output_dir: Path, has_val: bool, labels_has
     callbacks["history"] = EpochHistory()
     callbacks["nan_guard"] = NonFiniteLossGuard()
     callbacks["run_state"] = RunState(OmegaConf.to_container(cfg, resolve=True), labels_hash)
+    if cfg.trainer.get("enable_progress_bar", True):  # redrawn every N steps, not every step: host time is step time
+        callbacks["progress_bar"] = TQDMProgressBar(refresh_rate=int(cfg.get("progress_bar_refresh_rate", 20)))
     for name, extra in (cfg.get("callbacks") or {}).items():
         if extra is not None:
             callbacks[f"extra/{name}"] = hydra.utils.instantiate(extra)
@@ -326,7 +328,8 @@ def _build_module(cfg: DictConfig, net, policy, num_classes: int):
 
     optimizer = hydra.utils.instantiate(cfg.optimizer) if cfg.get("optimizer") else None
     scheduler = hydra.utils.instantiate(cfg.scheduler) if cfg.get("scheduler") else None
-    return LabelSmoothingClassifier(net, policy, optimizer, scheduler, num_classes=num_classes)
+    return LabelSmoothingClassifier(net, policy, optimizer, scheduler, num_classes=num_classes,
+                                    channels_last=cfg.get("channels_last", "auto"), compile=cfg.get("compile", False))
 
 
 # conf/ sits beside the package (editable install); absolute, so the console script finds it from any folder.

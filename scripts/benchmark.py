@@ -1,0 +1,634 @@
+#!/usr/bin/env python
+"""Training throughput of adaptive_ls against a raw PyTorch loop and the usual torchvision + DataLoader pipeline.
+
+One process, one model, one data set, one batch size, three ways to train it (images/s over steady-state steps):
+
+  (a) package     this package: LabelSmoothingClassifier + its data module (uint8 images on the device, batched
+                  crop/flip/normalise in on_after_batch_transfer) in a real ``pl.Trainer.fit``;
+  (b) raw         a hand-written loop over the same device-resident uint8 tensors, with the same augmentation
+                  functions, policy, loss, optimizer and schedule: the limit for this model;
+  (c) dataloader  the conventional pipeline: a torchvision-CIFAR10-style dataset (PIL image per sample, RandomCrop(32,
+                  padding=4), RandomHorizontalFlip, ToTensor, Normalize) + DataLoader workers, then the raw loop's step.
+
+    python scripts/benchmark.py                                     # CPU-sized defaults; synthetic data
+    python scripts/benchmark.py --data ../shared/data/cifar10 --model small_cnn --json /tmp/bench.json
+    python scripts/benchmark.py --data ../shared/data/cifar10 --model resnet18 --batch-size 512 --steps 200  # GPU
+    python scripts/benchmark.py --policy adaptive                   # the cost of per-sample ε (compare --policy fixed)
+    python scripts/benchmark.py --sweep --sweep-epochs 5 --n-jobs 2 # a whole quickstart sweep: sequential vs joblib
+
+``--data`` takes the offline JPEG copy (a folder holding cifar10_jpeg.npz, or the file), a torchvision root (holding
+cifar-10-batches-py) or an npz with x_train/y_train; without it the images are random (synthetic, CIFAR-shaped), and
+the output says which. Timing: each mode runs ``--warmup`` steps, then ``--steps`` timed steps between two device
+synchronisations (no other synchronisation is added); ``--repeats`` interleaves the modes (a, b, c, a, b, c, ...)
+and reports the median, so load from other processes hits all three alike.
+"""
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import math
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import warnings
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import torch
+from torch import nn
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))  # run this checkout's package, wherever it is installed from
+
+from adaptive_ls.data import NoisyLabelDataModule, batch_random_crop, batch_random_hflip, normalize  # noqa: E402
+from adaptive_ls.smoothing import Progress, smoothed_cross_entropy  # noqa: E402
+from adaptive_ls.speed import auto_precision  # noqa: E402
+
+CIFAR_MEAN = (0.4914, 0.4822, 0.4465)
+CIFAR_STD = (0.2470, 0.2435, 0.2616)
+MODES = ("package", "raw", "dataloader")
+JSON_KEYS = ("package_img_per_s", "raw_img_per_s", "dataloader_img_per_s", "package_vs_raw", "package_vs_dataloader",
+             "device", "model", "batch_size")
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Data: real CIFAR-10 when given, synthetic otherwise
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def _decode_jpegs(blob: np.ndarray, offsets: np.ndarray, count: int) -> np.ndarray:
+    from PIL import Image
+
+    def one(i: int) -> np.ndarray:
+        return np.asarray(Image.open(io.BytesIO(blob[offsets[i]:offsets[i + 1]].tobytes())).convert("RGB"))
+
+    with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:  # PIL decodes without the GIL
+        return np.stack(list(pool.map(one, range(count))))
+
+
+def load_cifar(path: Optional[str], num_images: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray, str]:
+    """``num_images`` CIFAR-10 training images as (uint8 [N, 32, 32, 3], int64 labels [N], description)."""
+    if path is None:
+        rng = np.random.default_rng(seed)
+        images = rng.integers(0, 256, size=(num_images, 32, 32, 3), dtype=np.uint8)
+        return images, rng.integers(0, 10, size=num_images), "synthetic (random uint8, CIFAR-shaped; no --data given)"
+    root = Path(path).expanduser()
+    if (root / "cifar10_jpeg.npz").is_file():
+        root = root / "cifar10_jpeg.npz"
+    if (root / "cifar-10-batches-py").is_dir():
+        import pickle
+
+        images, labels = [], []
+        for k in range(1, 6):
+            with open(root / "cifar-10-batches-py" / f"data_batch_{k}", "rb") as f:
+                batch = pickle.load(f, encoding="latin1")
+            images.append(batch["data"].reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1))
+            labels.extend(batch["labels"])
+            if sum(len(x) for x in images) >= num_images:
+                break
+        images, labels = np.concatenate(images)[:num_images], np.asarray(labels[:num_images], dtype=np.int64)
+        return images, labels, f"real CIFAR-10, torchvision layout ({len(labels)} training images) from {root}"
+    if root.is_file() and root.suffix == ".npz":
+        z = np.load(root)
+        if "train_jpeg" in z:
+            count = min(num_images, len(z["train_labels"]))
+            images = _decode_jpegs(z["train_jpeg"], z["train_offsets"], count)
+            return (images, z["train_labels"][:count].astype(np.int64),
+                    f"real CIFAR-10, offline JPEG copy ({count} training images, decoded) from {root}")
+        if "x_train" in z:
+            count = min(num_images, len(z["y_train"]))
+            return (np.ascontiguousarray(z["x_train"][:count]), z["y_train"][:count].astype(np.int64),
+                    f"real CIFAR-10, uint8 npz ({count} training images) from {root}")
+    raise SystemExit(f"--data {path}: no CIFAR-10 found (expected cifar10_jpeg.npz, cifar-10-batches-py/ or an npz "
+                     f"with x_train/y_train)")
+
+
+class ArrayDataModule(NoisyLabelDataModule):
+    """The package's data module over in-memory CIFAR arrays: clean labels, no validation split."""
+
+    mean, std = CIFAR_MEAN, CIFAR_STD
+
+    def __init__(self, images_hwc: np.ndarray, labels: np.ndarray, **kw):
+        super().__init__(val_size=0, noise={"kind": "none", "rate": 0.0}, **kw)
+        self._images = torch.from_numpy(np.ascontiguousarray(images_hwc.transpose(0, 3, 1, 2)))
+        self._labels = torch.from_numpy(labels.astype(np.int64))
+
+    def load_arrays(self):
+        return self._images, self._labels, self._images[:64], self._labels[:64]
+
+
+class PILDataset(torch.utils.data.Dataset):
+    """What ``torchvision.datasets.CIFAR10.__getitem__`` does (PIL image from the uint8 array, then the transform),
+    plus the sample index the smoothing policies need."""
+
+    def __init__(self, images_hwc: np.ndarray, labels: np.ndarray, transform):
+        self.images, self.labels, self.transform = images_hwc, labels.tolist(), transform
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, i: int):
+        from PIL import Image
+
+        return self.transform(Image.fromarray(self.images[i])), self.labels[i], i
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Model, policy, optimizer: the same for every mode
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def build_net(name: str, seed: int) -> nn.Module:
+    import hydra
+    from omegaconf import OmegaConf
+
+    torch.manual_seed(seed)  # same initial weights in every mode
+    return hydra.utils.instantiate(OmegaConf.load(REPO / "conf" / "model" / f"{name}.yaml"), num_classes=10,
+                                   in_channels=3)
+
+
+def build_policy(name: str, overrides: list[str]):
+    """conf/smoothing/<name>.yaml, with its warm-up switched off so that the timed steps run the policy itself."""
+    import hydra
+    from omegaconf import OmegaConf
+
+    cfg = OmegaConf.load(REPO / "conf" / "smoothing" / f"{name}.yaml")
+    if "warmup_epochs" in cfg:
+        cfg.warmup_epochs = 0
+    cfg.merge_with_dotlist(list(overrides))
+    return hydra.utils.instantiate(cfg)
+
+
+def optimizer_factories(total_steps: int):
+    import hydra
+    from omegaconf import OmegaConf
+
+    optimizer = hydra.utils.instantiate(OmegaConf.load(REPO / "conf" / "optimizer" / "sgd.yaml"))
+    scheduler = hydra.utils.instantiate(OmegaConf.load(REPO / "conf" / "scheduler" / "cosine.yaml"))
+    return optimizer, (lambda opt: scheduler(opt, total_steps=total_steps)), scheduler
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Timing and memory
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+class SyncCounter:
+    """Counts host-device synchronisations (CUDA only, ``torch.cuda.set_sync_debug_mode``) by Python source line."""
+
+    def __init__(self, enabled: bool):
+        self.enabled, self.sources, self._catcher, self._log = enabled, Counter(), None, None
+
+    def start(self) -> None:
+        if self.enabled:
+            self._catcher = warnings.catch_warnings(record=True)
+            self._log = self._catcher.__enter__()
+            warnings.simplefilter("always")
+            torch.cuda.set_sync_debug_mode("warn")
+
+    def stop(self) -> None:
+        if self.enabled and self._catcher is not None:
+            torch.cuda.set_sync_debug_mode("default")
+            self._catcher.__exit__(None, None, None)
+            for w in self._log:
+                if "synchroniz" in str(w.message):
+                    self.sources[f"{Path(w.filename).name}:{w.lineno}"] += 1
+            self._catcher = None
+
+    @property
+    def total(self) -> Optional[int]:
+        return sum(self.sources.values()) if self.enabled else None
+
+
+class Window:
+    """Wall-clock time of steps ``warmup+1 .. warmup+steps``, read between two device synchronisations."""
+
+    def __init__(self, device: torch.device, warmup: int, steps: int, sync_debug: bool, profile: Optional[Path] = None):
+        self.device, self.warmup, self.steps, self.count = device, warmup, steps, 0
+        self.t0 = self.t1 = self.c0 = self.c1 = None
+        self.syncs = SyncCounter(sync_debug and device.type == "cuda")
+        self.profile_path, self._profiler = profile, None
+
+    def step_done(self) -> None:
+        self.count += 1
+        if self.count == self.warmup:
+            synchronize(self.device)
+            self.t0, self.c0 = time.perf_counter(), time.process_time()
+            self.syncs.start()
+            if self.profile_path is not None:
+                activities = [torch.profiler.ProfilerActivity.CPU]
+                if self.device.type == "cuda":
+                    activities.append(torch.profiler.ProfilerActivity.CUDA)
+                self._profiler = torch.profiler.profile(activities=activities)
+                self._profiler.__enter__()
+        elif self.count == self.warmup + self.steps:
+            self.syncs.stop()
+            synchronize(self.device)
+            self.t1, self.c1 = time.perf_counter(), time.process_time()
+            if self._profiler is not None:
+                self._profiler.__exit__(None, None, None)
+                self.write_profile()
+
+    def write_profile(self) -> None:
+        """Top operators by host time and by device time, and the device-busy share of the window's wall time."""
+        events = self._profiler.key_averages()
+        lines = [f"{self.steps} steps, {1000 * (self.t1 - self.t0) / self.steps:.3f} ms/step wall (profiled)"]
+        if self.device.type == "cuda":
+            busy_us = sum(e.self_device_time_total for e in events)
+            lines.append(f"device busy {busy_us / 1000 / self.steps:.3f} ms/step = "
+                         f"{busy_us / 1e6 / (self.t1 - self.t0):.1%} of wall time")
+            lines.append(events.table(sort_by="self_device_time_total", row_limit=25))
+        lines.append(events.table(sort_by="self_cpu_time_total", row_limit=40))
+        self.profile_path.parent.mkdir(parents=True, exist_ok=True)
+        self.profile_path.write_text("\n".join(lines))
+
+    @property
+    def done(self) -> bool:
+        return self.count >= self.warmup + self.steps
+
+    def seconds(self) -> float:
+        if self.t1 is None:
+            raise RuntimeError(f"only {self.count} of {self.warmup + self.steps} steps ran")
+        return self.t1 - self.t0
+
+    def result(self, device: torch.device) -> dict:
+        """Wall seconds, this process's CPU seconds (all its threads; not DataLoader workers), memory, syncs."""
+        return {"seconds": self.seconds(), "cpu_seconds": self.c1 - self.c0, "peak_mb": peak_memory_mb(device),
+                "syncs": self.syncs.total, "sync_sources": dict(self.syncs.sources.most_common(8))}
+
+
+def reset_peak_memory(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    else:
+        try:  # Linux: "5" resets the peak resident set size (VmHWM) of this process
+            Path("/proc/self/clear_refs").write_text("5")
+        except OSError:
+            pass
+
+
+def peak_memory_mb(device: torch.device) -> float:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# The three modes
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def profile_path(args, mode: str) -> Optional[Path]:
+    return Path(args.profile) / f"{mode}_profile.txt" if args.profile else None
+
+
+def run_package(args, data, device: torch.device, precision: str) -> dict:
+    """(a) LabelSmoothingClassifier + the package's data module in a real pl.Trainer.fit."""
+    import pytorch_lightning as pl
+    from pytorch_lightning.callbacks import TQDMProgressBar
+
+    from adaptive_ls.module import LabelSmoothingClassifier
+
+    images, labels = data
+    total = args.warmup + args.steps
+    optimizer, scheduler, _ = optimizer_factories(total)
+    module = LabelSmoothingClassifier(build_net(args.model, args.seed), build_policy(args.policy, args.policy_arg),
+                                      optimizer=optimizer, scheduler=scheduler, num_classes=10,
+                                      channels_last=args.channels_last, compile=args.compile)
+    datamodule = ArrayDataModule(images, labels, batch_size=args.batch_size, seed=args.seed, loader=args.loader,
+                                 num_workers=args.workers if args.loader == "dataloader" else 0)
+    window = Window(device, args.warmup, args.steps, args.sync_debug, profile_path(args, "package"))
+
+    class Timer(pl.Callback):
+        def on_train_batch_end(self, trainer, *_):
+            window.step_done()
+
+    callbacks = [Timer()] + ([TQDMProgressBar(refresh_rate=args.progress_bar)] if args.progress_bar else [])
+    trainer = pl.Trainer(accelerator=device.type if device.type != "cuda" else "gpu", devices=1, precision=precision,
+                         max_steps=total, limit_val_batches=0, num_sanity_val_steps=0, logger=False,
+                         enable_checkpointing=False, enable_progress_bar=bool(args.progress_bar),
+                         enable_model_summary=False, benchmark=device.type == "cuda", callbacks=callbacks)
+    reset_peak_memory(device)
+    trainer.fit(module, datamodule=datamodule)
+    return window.result(device)
+
+
+def _train_steps(batches, net, policy, device, precision, channels_last, total, window, dataset_size) -> None:
+    """The step every hand-written loop shares: forward (autocast), policy, smoothed CE, SGD step, schedule."""
+    optimizer_factory, scheduler_factory, _ = optimizer_factories(total)
+    optimizer = optimizer_factory(params=net.parameters())
+    scheduler = scheduler_factory(optimizer)
+    memory_format = torch.channels_last if channels_last else torch.contiguous_format
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16-mixed")
+    policy.setup(dataset_size, 10)
+    policy.to(device)
+    net.train()
+    step = 0
+    for epoch in range(10**9):
+        for images, labels, index in batches(epoch):
+            with autocast:
+                logits = net(images.contiguous(memory_format=memory_format))
+                target = policy(logits.detach(), labels, index, Progress(step, total, epoch, 1))
+                loss = smoothed_cross_entropy(logits, labels, target.eps, target.q)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            scheduler.step()
+            step += 1
+            window.step_done()
+            if window.done:
+                return
+
+
+def _prepare_net(args, device: torch.device) -> tuple[nn.Module, bool]:
+    net = build_net(args.model, args.seed).to(device)
+    channels_last = args.channels_last
+    if channels_last:
+        net = net.to(memory_format=torch.channels_last)
+    if args.compile:
+        net.compile()
+    return net, channels_last
+
+
+def run_raw(args, data, device: torch.device, precision: str) -> dict:
+    """(b) The limit: device-resident uint8 tensors, the package's batched augmentation, nothing else."""
+    reset_peak_memory(device)
+    images = torch.from_numpy(np.ascontiguousarray(data[0].transpose(0, 3, 1, 2))).to(device)
+    labels = torch.from_numpy(data[1].astype(np.int64)).to(device)
+    mean, std = torch.tensor(CIFAR_MEAN, device=device), torch.tensor(CIFAR_STD, device=device)
+    generator = torch.Generator(device=device).manual_seed(args.seed)
+    n, b = labels.shape[0], args.batch_size
+
+    def batches(epoch: int):
+        order = torch.randperm(n, device=device, generator=generator)
+        for start in range(0, n - b + 1, b):
+            index = order[start:start + b]
+            x = batch_random_hflip(batch_random_crop(images[index], 4, generator), generator)
+            yield normalize(x, mean, std), labels[index], index
+
+    net, channels_last = _prepare_net(args, device)
+    window = Window(device, args.warmup, args.steps, args.sync_debug, profile_path(args, "raw"))
+    _train_steps(batches, net, build_policy(args.policy, args.policy_arg), device, precision, channels_last,
+                 args.warmup + args.steps, window, n)
+    return window.result(device)
+
+
+def run_dataloader(args, data, device: torch.device, precision: str) -> dict:
+    """(c) The peer: PIL transforms per image in DataLoader workers, pinned host batches copied to the device."""
+    import torchvision.transforms as T
+
+    transform = T.Compose([T.RandomCrop(32, padding=4), T.RandomHorizontalFlip(), T.ToTensor(),
+                           T.Normalize(CIFAR_MEAN, CIFAR_STD)])
+    dataset = PILDataset(data[0], data[1], transform)
+    loader = torch.utils.data.DataLoader(
+        dataset, batch_size=args.batch_size, shuffle=True, drop_last=True, num_workers=args.workers,
+        pin_memory=device.type == "cuda", persistent_workers=args.workers > 0,
+        generator=torch.Generator().manual_seed(args.seed))
+
+    def batches(epoch: int):
+        for x, y, i in loader:
+            yield (x.to(device, non_blocking=True), y.to(device, non_blocking=True), i.to(device, non_blocking=True))
+
+    reset_peak_memory(device)
+    net, channels_last = _prepare_net(args, device)
+    window = Window(device, args.warmup, args.steps, args.sync_debug, profile_path(args, "dataloader"))
+    _train_steps(batches, net, build_policy(args.policy, args.policy_arg), device, precision, channels_last,
+                 args.warmup + args.steps, window, len(dataset))
+    del loader  # stop the persistent workers
+    return window.result(device)
+
+
+RUNNERS = {"package": run_package, "raw": run_raw, "dataloader": run_dataloader}
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Report
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def machine(device: torch.device) -> dict:
+    info = {"torch": torch.__version__, "python": platform.python_version(), "cpu_count": os.cpu_count(),
+            "load_avg_1m": round(os.getloadavg()[0], 2)}
+    try:
+        import pytorch_lightning as pl
+
+        info["lightning"] = pl.__version__
+    except ImportError:
+        pass
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    info["cpu"] = cpu
+    if device.type == "cuda":
+        info["gpu"] = torch.cuda.get_device_name(device)
+        info["device"] = f"{info['gpu']} (torch {torch.__version__})"
+    else:
+        info["device"] = f"CPU: {cpu}, {os.cpu_count()} cores, {torch.get_num_threads()} torch threads " \
+                         f"(torch {torch.__version__})"
+    return info
+
+
+def summarise(args, results: dict[str, list[dict]], info: dict, data_source: str, precision: str,
+              channels_last: bool) -> dict:
+    out = {"device": info["device"], "model": args.model, "batch_size": args.batch_size, "policy": args.policy,
+           "policy_args": list(args.policy_arg), "precision": precision, "channels_last": channels_last,
+           "compile": args.compile, "loader": args.loader, "workers": args.workers, "steps": args.steps,
+           "warmup": args.warmup, "repeats": args.repeats, "num_images": args.num_images, "data": data_source,
+           "machine": info}
+    for mode, runs in results.items():
+        rates = [args.steps * args.batch_size / r["seconds"] for r in runs]
+        out[f"{mode}_img_per_s"] = statistics.median(rates)
+        out[f"{mode}_img_per_s_all"] = rates
+        out[f"{mode}_cpu_ms_per_step"] = statistics.median(1000 * r["cpu_seconds"] / args.steps for r in runs)
+        out[f"{mode}_peak_mb"] = max(r["peak_mb"] for r in runs)
+        if runs[0]["syncs"] is not None:
+            out[f"{mode}_syncs_in_window"] = runs[-1]["syncs"]
+            out[f"{mode}_sync_sources"] = runs[-1]["sync_sources"]
+    for other in ("raw", "dataloader"):
+        a, b = out.get("package_img_per_s"), out.get(f"{other}_img_per_s")
+        out[f"package_vs_{other}"] = a / b if a and b else None
+    if "package" in results and "raw" in results:  # robust to other load on a CPU-only machine (one thread each)
+        out["package_vs_raw_cpu_time"] = out["raw_cpu_ms_per_step"] / out["package_cpu_ms_per_step"]
+    return out
+
+
+def print_table(out: dict) -> None:
+    mem = "CUDA max allocated" if "gpu" in out["machine"] else "process peak RSS"
+    print(f"\nmachine: {out['device']}; load average (1 min) at start {out['machine']['load_avg_1m']}")
+    print(f"data: {out['data']}")
+    print(f"model {out['model']}, batch {out['batch_size']}, policy {out['policy']} {' '.join(out['policy_args'])}, "
+          f"precision {out['precision']}, channels_last {out['channels_last']}, compile {out['compile']}, "
+          f"{out['warmup']} warm-up + {out['steps']} timed steps, median of {out['repeats']}")
+    print(f"\n| mode | images/s | runs | host CPU ms/step | peak memory ({mem}) |")
+    print("| --- | ---: | --- | ---: | ---: |")
+    names = {"package": f"(a) package (loader={out['loader']})", "raw": "(b) raw loop, device data",
+             "dataloader": f"(c) torchvision + DataLoader ({out['workers']} workers)"}
+    for mode in MODES:
+        if f"{mode}_img_per_s" in out:
+            runs = ", ".join(f"{r:.0f}" for r in out[f"{mode}_img_per_s_all"])
+            print(f"| {names[mode]} | {out[f'{mode}_img_per_s']:.1f} | {runs} | {out[f'{mode}_cpu_ms_per_step']:.1f} "
+                  f"| {out[f'{mode}_peak_mb']:.0f} MB |")
+    for key, label in (("package_vs_raw", "a/b (target >= 0.90)"), ("package_vs_dataloader", "a/c (GPU target >= 3)"),
+                       ("package_vs_raw_cpu_time", "a/b by host CPU time per step")):
+        if out.get(key) is not None:
+            print(f"{label}: {out[key]:.3f}")
+    for mode in MODES:
+        if f"{mode}_syncs_in_window" in out:
+            print(f"host syncs in the timed window, {mode}: {out[f'{mode}_syncs_in_window']} "
+                  f"{out[f'{mode}_sync_sources'] or ''}")
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Whole-sweep timing: sequential vs the joblib launcher
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def time_sweep(args) -> dict:
+    """Wall-clock time of one quickstart sweep run by Hydra's basic launcher, then by joblib (``--n-jobs`` at once)."""
+    overrides = args.sweep_overrides or ["data=digits", "smoothing=none,fixed,annealed,adaptive",
+                                         "noise.rate=0.0,0.4", f"trainer.max_epochs={args.sweep_epochs}",
+                                         "trainer.enable_progress_bar=false", "test_best=false"]
+    cores = os.cpu_count() or 1
+    out = {"overrides": overrides, "n_jobs": args.n_jobs, "device": machine(torch.device("cpu"))["device"]}
+    with tempfile.TemporaryDirectory(prefix="adaptive_ls_sweep_") as tmp:
+        for name, extra, threads in (
+            ("sequential", [], None),
+            ("joblib", ["hydra/launcher=joblib", f"hydra.launcher.n_jobs={args.n_jobs}"],
+             None if torch.cuda.is_available() else max(1, cores // args.n_jobs)),
+        ):
+            env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]))
+            if threads is not None:  # CPU: split the cores between the jobs instead of oversubscribing them
+                env.update(OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
+            sweep_dir = Path(tmp) / name
+            cmd = [sys.executable, "-m", "adaptive_ls.train", "-m", *overrides, f"hydra.sweep.dir={sweep_dir}"] + extra
+            start = time.perf_counter()
+            proc = subprocess.run(cmd, cwd=tmp, env=env, capture_output=True, text=True)
+            seconds = time.perf_counter() - start
+            statuses = [json.loads(p.read_text()).get("status") for p in sweep_dir.glob("*/results.json")]
+            if proc.returncode != 0:
+                print(proc.stdout[-3000:], proc.stderr[-3000:], file=sys.stderr)
+            out[name] = {"seconds": seconds, "jobs": len(statuses), "completed": statuses.count("completed"),
+                         "returncode": proc.returncode, "threads_per_job": threads}
+            print(f"{name}: {seconds:.1f} s for {len(statuses)} jobs ({statuses.count('completed')} completed)",
+                  flush=True)
+    out["joblib_speedup"] = out["sequential"]["seconds"] / out["joblib"]["seconds"]
+    print(f"joblib (n_jobs={args.n_jobs}) vs sequential: {out['joblib_speedup']:.2f}x faster; "
+          f"{' '.join(overrides)}")
+    return out
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    gpu = torch.cuda.is_available()
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
+    p.add_argument("--data", default=None, help="CIFAR-10: JPEG copy folder/npz, torchvision root or uint8 npz")
+    p.add_argument("--num-images", type=int, default=None,
+                   help="training images to use (default: 50000 on a GPU, enough for the steps on a CPU)")
+    p.add_argument("--model", default="fastnet", help="a conf/model option: fastnet | resnet18 | small_cnn")
+    p.add_argument("--batch-size", type=int, default=512 if gpu else 64)
+    p.add_argument("--steps", type=int, default=200 if gpu else 20, help="timed steps per mode")
+    p.add_argument("--warmup", type=int, default=30 if gpu else 5, help="untimed steps first (compilation, autotune)")
+    p.add_argument("--repeats", type=int, default=1, help="run every mode this many times, interleaved; median")
+    p.add_argument("--policy", default="fixed", help="a conf/smoothing option (warm-up off): none|fixed|annealed|adaptive")
+    p.add_argument("--policy-arg", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a policy setting, e.g. --policy-arg ema=0.9 (repeatable)")
+    p.add_argument("--precision", default="auto", help="auto (bf16-mixed on a GPU, 32-true on a CPU) | 32-true | ...")
+    p.add_argument("--channels-last", default="true", choices=("true", "false"),
+                   help="NHWC memory order in every mode (the package's default: true)")
+    p.add_argument("--compile", action="store_true", help="torch.compile the net in every mode")
+    p.add_argument("--workers", type=int, default=min(8, max(1, (os.cpu_count() or 2) - 1)),
+                   help="DataLoader workers for (c) (and for (a) with --loader dataloader)")
+    p.add_argument("--loader", default="device", choices=("device", "dataloader"), help="the package's data path")
+    p.add_argument("--modes", default=",".join(MODES), help="comma-separated subset of package,raw,dataloader")
+    p.add_argument("--progress-bar", type=int, default=0, metavar="N",
+                   help="show the package's progress bar, redrawn every N steps (default: off)")
+    p.add_argument("--sync-debug", action="store_true",
+                   help="CUDA: count host-device synchronisations in each timed window (slower; not for figures)")
+    p.add_argument("--profile", default=None, metavar="DIR",
+                   help="torch.profiler over each timed window: DIR/<mode>_profile.txt (slower; not for figures)")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's own choice)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="cuda" if gpu else "cpu")
+    p.add_argument("--json", default=None, metavar="PATH", help="also write the figures as JSON")
+    p.add_argument("--sweep", action="store_true", help="time one quickstart sweep: sequential vs joblib launcher")
+    p.add_argument("--sweep-epochs", type=int, default=5)
+    p.add_argument("--n-jobs", type=int, default=2, help="joblib jobs at once for --sweep")
+    p.add_argument("--sweep-overrides", nargs="*", default=None, help="replace the sweep's Hydra overrides")
+    args = p.parse_args(argv)
+    modes = [m for m in args.modes.split(",") if m]
+    if any(m not in MODES for m in modes):
+        p.error(f"--modes {args.modes}: allowed are {','.join(MODES)}")
+    if args.warmup < 1 or args.steps < 1:
+        p.error("--warmup and --steps must be at least 1")
+    args.channels_last = args.channels_last == "true"
+    args.modes = modes
+    if args.num_images is None:
+        args.num_images = 50_000 if gpu else max(args.batch_size * 8, args.batch_size * (args.warmup + args.steps))
+    if args.num_images < args.batch_size * 2:
+        p.error(f"--num-images {args.num_images} must be at least two batches ({2 * args.batch_size})")
+    return args
+
+
+def main(argv=None) -> dict:
+    args = parse_args(argv)
+    if args.sweep:
+        out = time_sweep(args)
+    else:
+        device = torch.device(args.device)
+        if args.threads:
+            torch.set_num_threads(args.threads)
+        if device.type == "cuda":
+            torch.backends.cudnn.benchmark = True
+        precision = auto_precision(device.type if device.type != "cuda" else "gpu") \
+            if args.precision == "auto" else args.precision
+        channels_last = args.channels_last
+        info = machine(device)
+        images, labels, source = load_cifar(args.data, args.num_images, args.seed)
+        args.num_images = len(labels)
+        print(f"using {source}", flush=True)
+        results: dict[str, list[dict]] = {m: [] for m in args.modes}
+        for r in range(args.repeats):
+            for mode in args.modes:
+                result = RUNNERS[mode](args, (images, labels), device, precision)
+                results[mode].append(result)
+                print(f"  [{r + 1}/{args.repeats}] {mode}: {args.steps * args.batch_size / result['seconds']:.1f} "
+                      f"images/s", flush=True)
+        out = summarise(args, results, info, source, precision, channels_last)
+        print_table(out)
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps(out, indent=2, default=str))
+    return out
+
+
+if __name__ == "__main__":
+    main()

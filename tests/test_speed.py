@@ -1,0 +1,239 @@
+"""Speed features: fastnet, channels_last, compile, hardware-dependent config, per-epoch logging, benchmark output.
+
+Nothing here is timed (speed is measured by scripts/benchmark.py); these check that the fast paths compute the same
+thing as the plain ones and that the options default the way the docs say.
+"""
+from __future__ import annotations
+
+import importlib.util
+import json
+from functools import partial
+from pathlib import Path
+
+import pytest
+import pytorch_lightning as pl
+import torch
+import torch.nn.functional as F
+from hydra import compose, initialize_config_dir
+
+import adaptive_ls  # noqa: F401  (registers the config resolvers)
+from adaptive_ls import speed
+from adaptive_ls.data import DigitsDataModule
+from adaptive_ls.models import fastnet, small_cnn
+from adaptive_ls.module import LabelSmoothingClassifier
+from adaptive_ls.smoothing import AdaptiveSmoothing, FixedSmoothing
+
+REPO = Path(__file__).resolve().parent.parent
+CONF = str(REPO / "conf")
+
+
+def compose_config(overrides=()):
+    with initialize_config_dir(config_dir=CONF, version_base="1.3"):
+        return compose("config", overrides=list(overrides))
+
+
+# -- fastnet ----------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("in_channels,size", [(3, 32), (1, 8)])
+def test_fastnet_maps_cifar_and_digits_images_to_logits(in_channels, size):
+    net = fastnet(num_classes=10, in_channels=in_channels)
+    out = net(torch.randn(4, in_channels, size, size))
+    assert out.shape == (4, 10) and torch.isfinite(out).all()
+
+
+def test_fastnet_matches_airbench_layout():
+    net = fastnet()
+    convs = [m for m in net.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert [c.out_channels for c in convs] == [32, 64, 64, 256, 256, 256, 256]
+    assert 1.9e6 < sum(p.numel() for p in net.parameters()) < 2.1e6
+    assert net[-1].scale == pytest.approx(1 / 9)
+    # identity start: with a plain input, the first block's second conv passes its first channels through
+    conv = net[3][4]
+    x = torch.randn(1, conv.in_channels, 5, 5)
+    assert torch.allclose(conv(x), x, atol=1e-6)
+
+
+def test_fastnet_rejects_bad_widths_naming_the_key():
+    with pytest.raises(ValueError, match=r"model\.widths"):
+        fastnet(widths=(64, 256))
+    with pytest.raises(ValueError, match=r"model\.bn_momentum"):
+        fastnet(bn_momentum=0.0)
+
+
+def test_fastnet_config_instantiates():
+    import hydra
+
+    cfg = compose_config(["model=fastnet"])
+    net = hydra.utils.instantiate(cfg.model, num_classes=10, in_channels=3)
+    assert net(torch.randn(2, 3, 32, 32)).shape == (2, 10)
+
+
+# -- channels_last and compile ----------------------------------------------------------------------------------------
+
+
+def _classifier(channels_last, seed=0, **kw):
+    torch.manual_seed(seed)
+    return LabelSmoothingClassifier(small_cnn(width=8), FixedSmoothing(0.1), channels_last=channels_last, **kw)
+
+
+def test_channels_last_gives_the_same_loss_and_gradients_as_contiguous():
+    torch.manual_seed(1)
+    batch = (torch.randn(16, 3, 16, 16), torch.randint(0, 10, (16,)), torch.arange(16))
+    results = []
+    for channels_last in (False, True):
+        module = _classifier(channels_last)
+        module.set_speed_options()
+        conv = module.net[0][0]
+        assert conv.weight.is_contiguous(memory_format=torch.channels_last) == channels_last
+        loss = module.training_step(batch, 0)["loss"]
+        loss.backward()
+        results.append((loss.detach(), conv.weight.grad.clone()))
+    (loss_a, grad_a), (loss_b, grad_b) = results
+    assert torch.allclose(loss_a, loss_b, rtol=1e-5, atol=1e-6)
+    assert torch.allclose(grad_a, grad_b, rtol=1e-4, atol=1e-6)
+
+
+def test_channels_last_is_the_default_and_reaches_the_batches():
+    assert compose_config().channels_last is True
+    module = LabelSmoothingClassifier(small_cnn(width=8))
+    module.set_speed_options()
+    seen = []
+    module.net.register_forward_pre_hook(lambda _, args: seen.append(args[0]))
+    module(torch.randn(2, 3, 8, 8))  # a contiguous batch is converted on the way in
+    assert seen[0].is_contiguous(memory_format=torch.channels_last)
+
+
+def test_speed_options_are_checked():
+    with pytest.raises(ValueError, match="channels_last"):
+        _classifier("auto")
+    with pytest.raises(ValueError, match="compile"):
+        _classifier(False, compile="fast")
+
+
+def test_compile_is_off_by_default_and_keeps_checkpoint_keys():
+    cfg = compose_config()
+    assert cfg.compile is False
+    plain = LabelSmoothingClassifier(small_cnn(width=8))
+    plain.set_speed_options()
+    assert plain.compile_net is False and getattr(plain.net, "_compiled_call_impl", None) is None
+    compiled = LabelSmoothingClassifier(small_cnn(width=8), compile=True)
+    compiled.set_speed_options()  # marks the net for compilation; nothing is compiled until called
+    assert compiled.net._compiled_call_impl is not None
+    assert compiled.state_dict().keys() == plain.state_dict().keys()  # checkpoints load either way
+    plain.load_state_dict(compiled.state_dict())
+
+
+# -- hardware-dependent trainer defaults ------------------------------------------------------------------------------
+
+
+def test_auto_precision_is_bf16_on_a_bf16_gpu_only(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert speed.auto_precision("auto") == "32-true"
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
+    assert speed.auto_precision("auto") == "bf16-mixed"
+    assert speed.auto_precision("gpu") == "bf16-mixed"
+    assert speed.auto_precision("cpu") == "32-true"
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: False)
+    assert speed.auto_precision("auto") == "32-true"
+
+
+def test_default_trainer_config_resolves_for_this_machine():
+    cfg = compose_config()
+    expected = "bf16-mixed" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "32-true"
+    assert cfg.trainer.precision == expected
+    assert cfg.trainer.benchmark is True
+    assert compose_config(["trainer.deterministic=true"]).trainer.benchmark is False
+    assert compose_config(["trainer=cpu"]).trainer.precision == "32-true"
+    assert compose_config(["trainer=gpu"]).trainer.precision == "bf16-mixed"
+
+
+def test_progress_bar_is_redrawn_every_n_steps(tmp_path):
+    from pytorch_lightning.callbacks import TQDMProgressBar
+
+    from adaptive_ls.train import build_callbacks
+
+    cfg = compose_config(["progress_bar_refresh_rate=7"])
+    bars = [c for c in build_callbacks(cfg, tmp_path, True) if isinstance(c, TQDMProgressBar)]
+    assert len(bars) == 1 and bars[0].refresh_rate == 7
+    cfg = compose_config(["trainer.enable_progress_bar=false"])
+    assert not any(isinstance(c, TQDMProgressBar) for c in build_callbacks(cfg, tmp_path, True))
+
+
+# -- per-epoch training metrics ---------------------------------------------------------------------------------------
+
+
+def _fit_digits(policy, epochs=2):
+    datamodule = DigitsDataModule(root="unused", batch_size=128, seed=0)
+    torch.manual_seed(0)
+    module = LabelSmoothingClassifier(small_cnn(in_channels=1, width=8), policy,
+                                      optimizer=partial(torch.optim.SGD, lr=0.05, momentum=0.9))
+    trainer = pl.Trainer(accelerator="cpu", max_epochs=epochs, logger=False, enable_checkpointing=False,
+                         enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,
+                         limit_train_batches=4, limit_val_batches=1)
+    trainer.fit(module, datamodule=datamodule)
+    return trainer, module
+
+
+def test_training_metrics_are_logged_once_per_epoch_with_the_right_values():
+    trainer, module = _fit_digits(FixedSmoothing(0.15))
+    metrics = trainer.callback_metrics
+    assert metrics["smoothing/eps_mean"].item() == pytest.approx(0.15)
+    assert "smoothing/eps_min" not in metrics  # batch-constant ε: min/max are not tracked
+    assert 0.0 <= metrics["train/acc"].item() <= 1.0 and metrics["train/loss"].item() > 0
+    assert not module.train_loss.update_called  # reset at the epoch's end, so epochs do not mix
+
+
+def test_per_sample_policy_logs_the_range_of_eps():
+    trainer, _ = _fit_digits(AdaptiveSmoothing(eps_min=0.05, eps_max=0.35, warmup_epochs=0), epochs=1)
+    m = {k: v.item() for k, v in trainer.callback_metrics.items()}
+    assert 0.05 <= m["smoothing/eps_min"] <= m["smoothing/eps_mean"] <= m["smoothing/eps_max"] <= 0.35
+
+
+# -- seeded device augmentation ---------------------------------------------------------------------------------------
+
+
+def test_device_batches_and_augmentation_are_reproducible_from_the_seed():
+    def first_batch(seed):
+        dm = DigitsDataModule(root="unused", seed=seed)
+        dm.setup("fit")
+        images, labels, index = next(iter(dm.train_dataloader()))
+        return dm.augment(images), index
+
+    (a, ia), (b, ib), (c, ic) = first_batch(0), first_batch(0), first_batch(1)
+    assert torch.equal(a, b) and torch.equal(ia, ib)
+    assert not torch.equal(ia, ic)
+
+
+# -- benchmark script -------------------------------------------------------------------------------------------------
+
+
+def test_benchmark_json_has_the_documented_keys(tmp_path):
+    spec = importlib.util.spec_from_file_location("benchmark", REPO / "scripts" / "benchmark.py")
+    benchmark = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(benchmark)
+    path = tmp_path / "bench.json"
+    benchmark.main(["--model", "small_cnn", "--batch-size", "8", "--steps", "2", "--warmup", "1", "--num-images", "32",
+                    "--workers", "0", "--policy", "adaptive", "--json", str(path)])
+    out = json.loads(path.read_text())
+    for key in benchmark.JSON_KEYS:
+        assert key in out, key
+    assert out["model"] == "small_cnn" and out["batch_size"] == 8 and out["device"].startswith("CPU")
+    for mode in ("package", "raw", "dataloader"):
+        assert out[f"{mode}_img_per_s"] > 0
+    assert out["package_vs_raw"] == pytest.approx(out["package_img_per_s"] / out["raw_img_per_s"])
+    assert out["package_vs_dataloader"] == pytest.approx(out["package_img_per_s"] / out["dataloader_img_per_s"])
+    assert out["data"].startswith("synthetic")
+
+
+def test_dataloader_path_shuffles_like_the_device_path_epoch_by_epoch():
+    orders = {}
+    for loader in ("device", "dataloader"):
+        dm = DigitsDataModule(root="unused", seed=3, loader=loader, batch_size=100)
+        dm.setup("fit")
+        batches = dm.train_dataloader()
+        orders[loader] = [torch.cat([index for _, _, index in batches]) for _epoch in range(2)]
+    assert torch.equal(orders["device"][0], orders["dataloader"][0])
+    assert torch.equal(orders["device"][1], orders["dataloader"][1])
+    assert not torch.equal(orders["device"][0], orders["device"][1])  # a new order every epoch
