@@ -90,7 +90,6 @@ class LabelSmoothingClassifier(pl.LightningModule):
         self.val_nll, self.val_acc, self.val_acc_best = _mean(), accuracy(), MaxMetric(nan_strategy="disable")
         self.val_acc_best.persistent(True)  # spans epochs: checkpointed, so a resumed run keeps the best so far
         self._total_steps = 1
-        self._eps_host_sum, self._eps_host_steps = 0.0, 0  # mean of a batch-constant ε over the epoch's steps
         self._eval_outputs: dict[str, list] = {"val": [], "test": []}
         self.val_logits: Optional[Tensor] = None  # last validation epoch's logits and labels, for temperature scaling
         self.val_targets: Optional[Tensor] = None
@@ -133,41 +132,30 @@ class LabelSmoothingClassifier(pl.LightningModule):
         images, targets, index = batch
         logits = self(images)
         target = self.smoothing(logits.detach(), targets, index, self.progress())
-        loss_per_sample = smoothed_cross_entropy(logits, targets, target.eps, target.q, reduction="none")
-        loss = loss_per_sample.mean()
+        eps = target.eps if isinstance(target.eps, Tensor) else torch.full((), float(target.eps), device=logits.device)
+        loss_per_sample = smoothed_cross_entropy(logits, targets, eps, target.q, reduction="none")
         self.train_loss.update(loss_per_sample.detach())
-        self.train_acc.update(logits.detach(), targets)
-        eps = target.eps.detach() if isinstance(target.eps, Tensor) else float(target.eps)
-        self._track_eps(eps)
-        return {"loss": loss, "eps": eps, "index": index, "logits": logits.detach()}
+        self.train_acc.update(logits.detach(), targets)  # against the (noisy) training labels
+        eps = eps.detach().float()
+        self.eps_mean.update(eps)
+        if self.smoothing.per_sample:  # a batch-constant ε has min = max = mean
+            self.eps_min.update(eps)
+            self.eps_max.update(eps)
+        if batch_idx == 0:
+            self._log_epoch_metrics()
+        return {"loss": loss_per_sample.mean(), "eps": eps, "index": index, "logits": logits.detach()}
 
-    def _track_eps(self, eps) -> None:
-        """Epoch statistics of ε: per-sample ε on the device; a batch-constant ε (a float) on the host, for free."""
-        if isinstance(eps, Tensor):
-            eps = eps.float()
-            self.eps_mean.update(eps)
-            if self.smoothing.per_sample:  # a batch-constant ε has min = max = mean: no need to track them
-                self.eps_min.update(eps)
-                self.eps_max.update(eps)
-        else:
-            self._eps_host_sum += eps
-            self._eps_host_steps += 1
-
-    def on_train_epoch_end(self) -> None:
-        # Logged once per epoch, not per step: each self.log call costs ~0.5 ms of host time (Lightning moves and
-        # checks its result objects every call), as much as a whole small-model step takes on a GPU.
-        metrics = {"train/loss": self.train_loss, "train/acc": self.train_acc,  # acc: against the (noisy) labels
-                   "smoothing/eps_mean": self.eps_mean}
+    def _log_epoch_metrics(self) -> None:
+        """Hand the epoch's torchmetrics to Lightning once per epoch: it computes (and, under DDP, reduces) and resets
+        them at the epoch's end. Logging at every step would cost ~0.5 ms of host time per call, as much as a whole
+        small-model step takes on a GPU."""
+        metrics = {"train/loss": self.train_loss, "train/acc": self.train_acc, "smoothing/eps_mean": self.eps_mean}
         if self.smoothing.per_sample:
             metrics.update({"smoothing/eps_min": self.eps_min, "smoothing/eps_max": self.eps_max})
         for name, metric in metrics.items():
-            if metric.update_called:
-                self.log(name, metric.compute())  # torchmetrics reduces across processes in compute()
-        if self._eps_host_steps:  # the same on every process: no reduction needed
-            self.log("smoothing/eps_mean", self._eps_host_sum / self._eps_host_steps)
-        for metric in (self.train_loss, self.train_acc, self.eps_mean, self.eps_min, self.eps_max):
-            metric.reset()
-        self._eps_host_sum, self._eps_host_steps = 0.0, 0
+            self.log(name, metric, on_step=False, on_epoch=True)
+
+    def on_train_epoch_end(self) -> None:
         self.smoothing.on_train_epoch_end()
 
     # -- evaluation ---------------------------------------------------------------------------------------------------
