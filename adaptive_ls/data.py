@@ -73,6 +73,24 @@ def epoch_permutation(n: int, seed: int, epoch: int) -> Tensor:
     return torch.randperm(n, generator=torch.Generator().manual_seed(seed * 100_003 + epoch))
 
 
+class EpochSampler(DistributedSampler):
+    """The DataLoader path's sampler: :func:`epoch_permutation`'s order (the same as the device loader's), sharded
+    between processes like :class:`TensorBatches`. Lightning calls ``set_epoch`` every epoch (so a resumed run sees
+    the same order); iterated without a trainer, it moves on to the next epoch by itself."""
+
+    def __init__(self, dataset, num_replicas: int = 1, rank: int = 0, seed: int = 0):
+        super().__init__(dataset, num_replicas=num_replicas, rank=rank, shuffle=True, seed=seed, drop_last=True)
+
+    def __len__(self) -> int:
+        return len(self.dataset) // self.num_replicas
+
+    def __iter__(self):
+        per_rank = len(self)
+        order = epoch_permutation(len(self.dataset), self.seed, self.epoch)[self.rank * per_rank:(self.rank + 1) * per_rank]
+        self.epoch += 1
+        return iter(order.tolist())
+
+
 class TensorBatches:
     """Yields (images, labels, index) batches for the samples ``index`` of tensors already on the training device.
 
@@ -283,10 +301,7 @@ class NoisyLabelDataModule(pl.LightningDataModule):
         drop_last = train and len(index) // max(world, 1) > batch_size  # BatchNorm dislikes a last batch of one
         if self.loader == "dataloader":
             dataset = IndexedTensorDataset(images[index], labels[index], index)
-            # Training order from (seed, epoch) alone, as TensorBatches: Lightning calls set_epoch each epoch, so a
-            # resumed run sees the same order; under DDP each process takes an equal shard.
-            sampler = DistributedSampler(dataset, num_replicas=world, rank=rank, shuffle=True, seed=self.seed,
-                                         drop_last=True) if train else None
+            sampler = EpochSampler(dataset, num_replicas=world, rank=rank, seed=self.seed) if train else None
             return DataLoader(dataset, batch_size=batch_size, sampler=sampler, drop_last=drop_last,
                               num_workers=self.num_workers, pin_memory=torch.cuda.is_available(),
                               persistent_workers=self.num_workers > 0)

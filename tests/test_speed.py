@@ -154,11 +154,11 @@ def test_progress_bar_is_redrawn_every_n_steps(tmp_path):
 
     from adaptive_ls.train import build_callbacks
 
-    cfg = compose_config(["progress_bar_refresh_rate=7"])
-    bars = [c for c in build_callbacks(cfg, tmp_path, True) if isinstance(c, TQDMProgressBar)]
+    cfg = compose_config(["progress_bar_refresh_rate=7", f"paths.output_dir={tmp_path}"])
+    bars = [c for c in build_callbacks(cfg, tmp_path, True, "hash").values() if isinstance(c, TQDMProgressBar)]
     assert len(bars) == 1 and bars[0].refresh_rate == 7
-    cfg = compose_config(["trainer.enable_progress_bar=false"])
-    assert not any(isinstance(c, TQDMProgressBar) for c in build_callbacks(cfg, tmp_path, True))
+    cfg = compose_config(["trainer.enable_progress_bar=false", f"paths.output_dir={tmp_path}"])
+    assert not any(isinstance(c, TQDMProgressBar) for c in build_callbacks(cfg, tmp_path, True, "hash").values())
 
 
 # -- per-epoch training metrics ---------------------------------------------------------------------------------------
