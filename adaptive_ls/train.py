@@ -329,7 +329,7 @@ def _build_module(cfg: DictConfig, net, policy, num_classes: int):
     optimizer = hydra.utils.instantiate(cfg.optimizer) if cfg.get("optimizer") else None
     scheduler = hydra.utils.instantiate(cfg.scheduler) if cfg.get("scheduler") else None
     return LabelSmoothingClassifier(net, policy, optimizer, scheduler, num_classes=num_classes,
-                                    channels_last=cfg.get("channels_last", "auto"), compile=cfg.get("compile", False))
+                                    channels_last=cfg.get("channels_last", True), compile=cfg.get("compile", False))
 
 
 # conf/ sits beside the package (editable install); absolute, so the console script finds it from any folder.

@@ -13,7 +13,7 @@ One process, one model, one data set, one batch size, three ways to train it (im
     python scripts/benchmark.py                                     # CPU-sized defaults; synthetic data
     python scripts/benchmark.py --data ../shared/data/cifar10 --model small_cnn --json /tmp/bench.json
     python scripts/benchmark.py --data ../shared/data/cifar10 --model resnet18 --batch-size 512 --steps 200  # GPU
-    python scripts/benchmark.py --policy adaptive                   # the cost of per-sample ε (compare --policy fixed)
+    python scripts/benchmark.py --policy fixed,adaptive --modes package,raw   # the cost of per-sample ε over fixed ε
     python scripts/benchmark.py --sweep --sweep-epochs 5 --n-jobs 2 # a whole quickstart sweep: sequential vs joblib
 
 ``--data`` takes the offline JPEG copy (a folder holding cifar10_jpeg.npz, or the file), a torchvision root (holding
@@ -516,12 +516,13 @@ def time_sweep(args) -> dict:
                                          "trainer.enable_progress_bar=false", "test_best=false"]
     cores = os.cpu_count() or 1
     out = {"overrides": overrides, "n_jobs": args.n_jobs, "device": machine(torch.device("cpu"))["device"]}
+    per_job = None if torch.cuda.is_available() else max(1, cores // args.n_jobs)
+    runs = [("sequential", [], None),
+            ("joblib", ["hydra/launcher=joblib", f"hydra.launcher.n_jobs={args.n_jobs}"], per_job)]
+    if per_job is not None:  # CPU: separates the gain of parallel jobs from that of fewer threads per job
+        runs.insert(1, (f"sequential_{per_job}_thread", [], per_job))
     with tempfile.TemporaryDirectory(prefix="adaptive_ls_sweep_") as tmp:
-        for name, extra, threads in (
-            ("sequential", [], None),
-            ("joblib", ["hydra/launcher=joblib", f"hydra.launcher.n_jobs={args.n_jobs}"],
-             None if torch.cuda.is_available() else max(1, cores // args.n_jobs)),
-        ):
+        for name, extra, threads in runs:
             env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]))
             if threads is not None:  # CPU: split the cores between the jobs instead of oversubscribing them
                 env.update(OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
@@ -538,8 +539,12 @@ def time_sweep(args) -> dict:
             print(f"{name}: {seconds:.1f} s for {len(statuses)} jobs ({statuses.count('completed')} completed)",
                   flush=True)
     out["joblib_speedup"] = out["sequential"]["seconds"] / out["joblib"]["seconds"]
-    print(f"joblib (n_jobs={args.n_jobs}) vs sequential: {out['joblib_speedup']:.2f}x faster; "
+    print(f"joblib (n_jobs={args.n_jobs}): {out['joblib_speedup']:.2f}x the speed of sequential; "
           f"{' '.join(overrides)}")
+    if per_job is not None:
+        same = out[f"sequential_{per_job}_thread"]["seconds"] / out["joblib"]["seconds"]
+        out["joblib_speedup_same_threads"] = same
+        print(f"joblib: {same:.2f}x the speed of sequential with {per_job} thread(s) per job as well")
     return out
 
 
@@ -558,7 +563,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--steps", type=int, default=200 if gpu else 20, help="timed steps per mode")
     p.add_argument("--warmup", type=int, default=30 if gpu else 5, help="untimed steps first (compilation, autotune)")
     p.add_argument("--repeats", type=int, default=1, help="run every mode this many times, interleaved; median")
-    p.add_argument("--policy", default="fixed", help="a conf/smoothing option (warm-up off): none|fixed|annealed|adaptive")
+    p.add_argument("--policy", default="fixed",
+                   help="conf/smoothing option(s), warm-up off: none|fixed|annealed|adaptive; a comma-separated list "
+                        "(fixed,adaptive) interleaves them and reports each one's speed relative to the first")
     p.add_argument("--policy-arg", action="append", default=[], metavar="KEY=VALUE",
                    help="override a policy setting, e.g. --policy-arg ema=0.9 (repeatable)")
     p.add_argument("--precision", default="auto", help="auto (bf16-mixed on a GPU, 32-true on a CPU) | 32-true | ...")
@@ -615,15 +622,29 @@ def main(argv=None) -> dict:
         images, labels, source = load_cifar(args.data, args.num_images, args.seed)
         args.num_images = len(labels)
         print(f"using {source}", flush=True)
-        results: dict[str, list[dict]] = {m: [] for m in args.modes}
+        policies = args.policy.split(",")
+        results = {pol: {m: [] for m in args.modes} for pol in policies}
         for r in range(args.repeats):
-            for mode in args.modes:
-                result = RUNNERS[mode](args, (images, labels), device, precision)
-                results[mode].append(result)
-                print(f"  [{r + 1}/{args.repeats}] {mode}: {args.steps * args.batch_size / result['seconds']:.1f} "
-                      f"images/s", flush=True)
-        out = summarise(args, results, info, source, precision, channels_last)
-        print_table(out)
+            for pol in policies:  # interleaved, so that a change of machine load hits every policy and mode alike
+                for mode in args.modes:
+                    result = RUNNERS[mode](argparse.Namespace(**{**vars(args), "policy": pol}), (images, labels),
+                                           device, precision)
+                    results[pol][mode].append(result)
+                    print(f"  [{r + 1}/{args.repeats}] {pol} {mode}: "
+                          f"{args.steps * args.batch_size / result['seconds']:.1f} images/s", flush=True)
+        summaries = {pol: summarise(argparse.Namespace(**{**vars(args), "policy": pol}), results[pol], info, source,
+                                    precision, channels_last) for pol in policies}
+        for summary in summaries.values():
+            print_table(summary)
+        out = dict(summaries[policies[0]])
+        if len(policies) > 1:  # relative speed of each policy against the first (e.g. adaptive vs fixed)
+            out["by_policy"] = summaries
+            out["policy_speed_vs_first"] = {
+                pol: {m: summaries[pol][f"{m}_img_per_s"] / summaries[policies[0]][f"{m}_img_per_s"]
+                      for m in args.modes} for pol in policies[1:]}
+            for pol, ratios in out["policy_speed_vs_first"].items():
+                print(f"{pol} vs {policies[0]}, images/s ratio: "
+                      + ", ".join(f"{m} {ratio:.3f}" for m, ratio in ratios.items()))
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps(out, indent=2, default=str))

@@ -57,7 +57,7 @@ bench() {  # bench NAME SECONDS ARGS...: one benchmark run, its table into the s
   timeout "$limit" python3 scripts/benchmark.py --data "$DATA" --json "$WORK/json/$name.json" "$@" "${TINY[@]}" \
       > "$WORK/$name.log" 2>&1
   local rc=$?
-  grep -E '^(\||a/|host syncs|machine|data:|model )' "$WORK/$name.log" | tee -a "$SUMMARY"
+  grep -E '^(\||a/|host syncs|machine|data:|model |adaptive vs)' "$WORK/$name.log" | tee -a "$SUMMARY"
   [ $rc -ne 0 ] && { say "($name exited $rc after ${limit}s limit; last lines:)"; tail -5 "$WORK/$name.log" | tee -a "$SUMMARY"; }
   merge_json
 }
@@ -91,9 +91,9 @@ say "data: real CIFAR-10 (offline JPEG re-encoding, 50k train / 10k test) export
 bench fastnet 110 --model fastnet --batch-size 512 --steps 300 --warmup 50 --repeats 2
 bench resnet18 130 --model resnet18 --batch-size 512 --steps 120 --warmup 30 --repeats 2
 
-# -- 2. adaptive vs fixed (the fixed figures are in the fastnet run above) -------------------------------------------
-bench fastnet_adaptive 60 --model fastnet --batch-size 512 --steps 300 --warmup 50 --repeats 2 \
-    --modes package,raw --policy adaptive
+# -- 2. adaptive vs fixed, interleaved ---------------------------------------------------------------------------------
+bench fastnet_adaptive 80 --model fastnet --batch-size 512 --steps 300 --warmup 50 --repeats 2 \
+    --modes package,raw --policy fixed,adaptive
 
 # -- 3. host syncs in the step + where the time goes (slower: not figures) -------------------------------------------
 bench fastnet_syncs 60 --model fastnet --batch-size 512 --steps 100 --warmup 30 --modes package,raw \
