@@ -32,6 +32,7 @@ log = logging.getLogger(__name__)
 
 MODES = ("auto", "online", "offline", "disabled")
 DEFAULT_HOST = "https://api.wandb.ai"
+RUN_ID_FILE = Path("wandb") / "run_id"  # in the job's folder: a resumed job continues the same W&B run
 
 _active: Optional["WandbJob"] = None  # the run of the job in progress in this process
 
@@ -194,12 +195,29 @@ class WandbJob:
                      self.info["wandb/dir"])
 
 
+def _resumed_run_id(cfg: DictConfig) -> tuple[bool, Optional[str]]:
+    """(may this job write to its folder, the W&B run id to continue). A folder the job will refuse (it holds a
+    completed run, or another run's checkpoint) gets no W&B files; a continued run logs into its first W&B run."""
+    from adaptive_ls.config import ConfigError, plan_resume
+
+    try:
+        plan = plan_resume(cfg)
+    except ConfigError:  # the job itself reports this, without touching the folder
+        return False, None
+    id_file = Path(cfg.paths.output_dir) / RUN_ID_FILE
+    return True, (id_file.read_text().strip() or None) if plan is not None and id_file.is_file() else None
+
+
 def start_run(cfg: DictConfig) -> Optional[WandbJob]:
-    """Start this job's W&B run as ``logger.wandb`` says (None when W&B is disabled or on a non-zero rank)."""
+    """Start this job's W&B run as ``logger.wandb`` says (None when W&B is disabled, on a non-zero rank, or when the
+    job's folder belongs to another run)."""
     global _active
     settings = cfg.logger.wandb
     mode = resolve_mode(settings.get("mode", "auto"))
     if mode == "disabled" or not _is_rank_zero():
+        return None
+    may_write, previous_id = _resumed_run_id(cfg)
+    if not may_write:
         return None
     import wandb
 
@@ -208,7 +226,10 @@ def start_run(cfg: DictConfig) -> Optional[WandbJob]:
     identity = job_identity(cfg)
     run = wandb.init(project=settings.get("project") or "adaptive-ls", entity=settings.get("entity"),
                      dir=str(output_dir), mode=mode, config=run_config(cfg), reinit="finish_previous",
-                     notes=settings.get("notes"), settings=wandb.Settings(silent=True), **identity)
+                     notes=settings.get("notes"), settings=wandb.Settings(silent=True), id=previous_id,
+                     resume="allow" if previous_id else None, **identity)
+    (output_dir / RUN_ID_FILE).parent.mkdir(parents=True, exist_ok=True)
+    (output_dir / RUN_ID_FILE).write_text(run.id)
     run.define_metric("trainer/global_step")  # what Lightning's WandbLogger sets up when it starts a run itself
     run.define_metric("*", step_metric="trainer/global_step", step_sync=True)
     info = {"wandb/mode": mode, "wandb/project": run.project, "wandb/entity": settings.get("entity"),

@@ -120,6 +120,31 @@ def test_failed_job_finishes_its_run_and_the_next_job_gets_a_new_one(wandb_env, 
     assert not any("train/loss" in h for h in failed.history)  # the second job did not log into the first run
 
 
+def test_a_resumed_job_logs_into_its_first_run_and_a_refused_one_writes_nothing(wandb_env, tmp_path):
+    from tests.runs import Crash
+
+    out = tmp_path / "job"
+    crash = ("+callbacks.crash._target_=tests.runs.CrashAt", "+callbacks.crash.epoch=1")
+    first = compose_job(out, "logger=wandb", *crash)
+    with pytest.raises(Crash):
+        with wandb_logging.wandb_job(first):
+            run(first)
+    resumed = compose_job(out, "logger=wandb")  # the same job re-run in its folder continues from last.ckpt
+    with wandb_logging.wandb_job(resumed):
+        results = run(resumed)
+    assert results["resumed_from_epoch"] == 0
+    attempts = [wandb_logging.read_offline_run(path, wait_s=30) for path in wandb_logging.offline_runs(out)]
+    assert len(attempts) == 2 and attempts[0].id == attempts[1].id  # `wandb sync` merges them into one run
+    assert json.loads((out / "results.json").read_text())["wandb/id"] == attempts[0].id
+
+    files_before = sorted(p.relative_to(out) for p in out.rglob("*"))
+    again = compose_job(out, "logger=wandb")  # the folder now holds a completed run: refused, left alone
+    with pytest.raises(Exception, match="already holds a completed run"):
+        with wandb_logging.wandb_job(again):
+            run(again)
+    assert sorted(p.relative_to(out) for p in out.rglob("*")) == files_before
+
+
 def test_disabled_mode_logs_nothing(wandb_env, tmp_path):
     cfg = compose_job(tmp_path / "job", "logger=wandb", "logger.wandb.mode=disabled", "trainer.max_epochs=1")
     with wandb_logging.wandb_job(cfg) as job:
