@@ -497,18 +497,23 @@ class ImageFolderDataModule(NoisyLabelDataModule):
         decode_workers: int = 4,
         **kw,
     ):
+        # The classes are the folder names: known before anything is decoded, so the noise settings (a class map by
+        # name, the rate bound for K classes) are checked against this tree's classes, not CIFAR-10's.
+        self.root, self.train_dir, self.test_dir = str(root), str(train_dir), str(test_dir)
+        self.class_names = tuple(self._scan(self.train_dir, samples=False)[0])
+        self.num_classes = len(self.class_names)
         super().__init__(root=root, **kw)
         size = (image_size, image_size) if isinstance(image_size, int) else tuple(image_size)
         if len(size) != 2 or any(isinstance(s, bool) or not isinstance(s, int) or s < 1 for s in size):
             raise ValueError(f"data.image_size={image_size!r}: allowed is a positive int or a [height, width] pair")
         if int(decode_workers) < 0:
             raise ValueError(f"data.decode_workers={decode_workers}: allowed is an integer >= 0 (0: decode serially)")
-        self.train_dir, self.test_dir, self.image_size = str(train_dir), str(test_dir), size
+        self.image_size = size
         self.grayscale, self.decode_workers = bool(grayscale), int(decode_workers)
         self.cache_dir = Path(cache_dir) if cache_dir else Path(self.root) / ".adaptive_ls_cache"
         self.cache_path: Optional[Path] = None  # the cache file this module read or wrote
 
-    def _scan(self, split_dir: str) -> tuple[list[str], list[tuple[str, int]]]:
+    def _scan(self, split_dir: str, samples: bool = True) -> tuple[list[str], list[tuple[str, int]]]:
         from torchvision.datasets.folder import IMG_EXTENSIONS, find_classes, make_dataset
 
         folder = Path(self.root) / split_dir
@@ -518,10 +523,10 @@ class ImageFolderDataModule(NoisyLabelDataModule):
                                     f"ImageFolder tree has <root>/<split>/<class>/<image> files")
         try:
             classes, class_to_idx = find_classes(str(folder))
-            samples = make_dataset(str(folder), class_to_idx, extensions=IMG_EXTENSIONS)
+            found = make_dataset(str(folder), class_to_idx, extensions=IMG_EXTENSIONS) if samples else []
         except FileNotFoundError as err:
             raise FileNotFoundError(f"{key}={split_dir!r}: {err}") from None
-        return classes, samples
+        return classes, found
 
     def _cache_key(self, samples: list[tuple[str, int]]) -> str:
         import hashlib
@@ -554,7 +559,6 @@ class ImageFolderDataModule(NoisyLabelDataModule):
         if test_classes != classes:
             raise ValueError(f"data.test_dir={self.test_dir!r} has classes {test_classes}, but data.train_dir="
                              f"{self.train_dir!r} has {classes}: both need the same class folders")
-        self.class_names, self.num_classes = tuple(classes), len(classes)
         self.cache_path = self.cache_dir / f"imagefolder-{self._cache_key(train_samples + test_samples)}.pt"
         if self.cache_path.is_file():
             cached = torch.load(self.cache_path, map_location="cpu", weights_only=True)

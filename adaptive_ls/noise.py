@@ -270,6 +270,9 @@ def check_noise_config(
         return settings
     if kind not in NOISE_KINDS:
         raise ValueError(f"noise.kind must be one of {NOISE_KINDS + (LABEL_FILE_KIND,)}, got {kind!r}")
+    if kind == "asymmetric" and not (settings.get("class_map") or default_class_map):
+        raise ValueError("noise.kind=asymmetric needs noise.class_map (source class -> target class, by name or id): "
+                         "this dataset has no default class map")
     _, settings["rate"], settings["class_map"] = _check_settings(
         kind, settings.get("rate", 0.0), num_classes, settings.get("class_map") or default_class_map, class_names
     )

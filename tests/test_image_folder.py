@@ -90,3 +90,17 @@ def test_bad_trees_and_settings_name_the_key(tmp_path):
         module(tmp_path)
     with pytest.raises(ValueError, match="data.image_size=0"):
         ImageFolderDataModule(root=str(tmp_path), image_size=0)
+
+
+def test_noise_settings_use_the_trees_own_classes(tmp_path):
+    write_tree(tmp_path, per_class=10)
+    flips = module(tmp_path, noise={"kind": "asymmetric", "rate": 0.4, "class_map": {"cat": "dog"}})
+    matrix = flips.transition_matrix()
+    assert matrix[0, 1] == pytest.approx(0.4 * 10 / 12, abs=0.1)  # cat (class 0 here, not CIFAR-10's 3) -> dog
+    assert matrix[1, 1] == 1.0 and matrix[2, 2] == 1.0
+    with pytest.raises(ValueError, match="noise.class_map"):  # no CIFAR-10 default for a tree of other classes
+        ImageFolderDataModule(root=str(tmp_path), noise={"kind": "asymmetric", "rate": 0.2})
+    with pytest.raises(ValueError, match="noise.rate"):  # 3 classes: symmetric noise must stay below 2/3
+        ImageFolderDataModule(root=str(tmp_path), noise={"kind": "symmetric", "rate": 0.7})
+    with pytest.raises(FileNotFoundError, match="data.train_dir"):  # a missing tree fails before anything loads
+        ImageFolderDataModule(root=str(tmp_path / "nowhere"))
