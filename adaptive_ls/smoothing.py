@@ -219,7 +219,7 @@ def annealed_eps(
     """ε at a training fraction in [0, 1]: held at ``eps_start`` for ``hold_fraction``, then moved to ``eps_end``.
 
     ``exponential`` interpolates geometrically (needs both ends of the same sign and non-zero; ε_end = 0 is treated
-    as decaying to 1e-4 of ε_start, then snapped to 0 at the end); ``step`` moves in ``num_steps`` equal drops.
+    as decaying to 1e-4 of ε_start, then snapped to 0 at the end); ``step`` makes ``num_steps`` equal drops between ``num_steps + 1`` equal plateaus, the last at ``eps_end``.
     """
     if fraction <= hold_fraction:
         return eps_start
@@ -228,8 +228,8 @@ def annealed_eps(
         w = t
     elif schedule == "cosine":
         w = 0.5 * (1.0 - math.cos(math.pi * t))
-    elif schedule == "step":
-        w = math.floor(t * num_steps) / num_steps
+    elif schedule == "step":  # num_steps drops between num_steps + 1 equal plateaus: the last one is eps_end
+        w = min(math.floor(t * (num_steps + 1)), num_steps) / num_steps
     elif schedule == "exponential":
         if t >= 1.0:
             return eps_end
