@@ -219,7 +219,8 @@ def annealed_eps(
     """ε at a training fraction in [0, 1]: held at ``eps_start`` for ``hold_fraction``, then moved to ``eps_end``.
 
     ``exponential`` interpolates geometrically (needs both ends of the same sign and non-zero; ε_end = 0 is treated
-    as decaying to 1e-4 of ε_start, then snapped to 0 at the end); ``step`` makes ``num_steps`` equal drops between ``num_steps + 1`` equal plateaus, the last at ``eps_end``.
+    as decaying to 1e-4 of ε_start, then snapped to 0 at the end); ``step`` makes ``num_steps`` equal drops between
+    ``num_steps + 1`` equal plateaus, the last at ``eps_end``.
     """
     if fraction <= hold_fraction:
         return eps_start

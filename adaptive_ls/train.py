@@ -313,7 +313,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     results["history"] = history
     results["world_size"] = trainer.world_size
     if trainer.world_size > 1:
-        results["noise/labels_hash_per_rank"] = callbacks["run_state"].labels_hash_per_rank
+        results["ddp/labels_hash_per_rank"] = callbacks["run_state"].labels_hash_per_rank
     results["status"] = "completed"
     results["wall_time_s"] = time.time() - start  # this attempt's time (a resumed run counts from its restart)
     if writes:

@@ -65,7 +65,7 @@ def test_ddp_run_on_two_cpu_processes(tmp_path):
     assert (run_dir / "train_ddp_process_1.log").is_file()  # rank 1 ran (Lightning re-ran our entry point)
 
     # every process made the same noisy labels
-    assert results["noise/labels_hash_per_rank"] == [results["noise/labels_hash"]] * 2
+    assert results["ddp/labels_hash_per_rank"] == [results["noise/labels_hash"]] * 2
 
     # the memory holds both processes' samples (rank 0 alone sees half an epoch's samples)
     checkpoint = torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
