@@ -100,6 +100,9 @@ class NoiseDiagnostics(pl.Callback):
         self._pred: Optional[Tensor] = None
         self._eps: Optional[Tensor] = None
         self._this_epoch = False
+        self.last_logged_epoch = -1  # with metric_prefix: tells train.EpochHistory which epochs these keys belong to
+
+    metric_prefix = "diag/"
 
     @staticmethod
     def applies_to(datamodule) -> bool:
@@ -149,6 +152,7 @@ class NoiseDiagnostics(pl.Callback):
             pred = trainer.strategy.reduce(self._pred, reduce_op="sum")
         for name, value in summarize(pred, eps).items():
             pl_module.log(name, value, on_step=False, on_epoch=True)
+        self.last_logged_epoch = trainer.current_epoch
         self._this_epoch = False
 
     @torch.no_grad()

@@ -57,17 +57,32 @@ class EpochHistory(pl.Callback):
     """Keeps every epoch's logged metrics (train, val, ε, diagnostics) for results.json and the sweep report.
 
     Recorded at the end of each training epoch (validation has run, the epoch's aggregates are computed) and before
-    that epoch's checkpoint is written, so a resumed run carries its whole history.
+    that epoch's checkpoint is written, so a resumed run carries its whole history. Lightning's callback_metrics keep
+    a key's last value across epochs; a row holds only what was measured in its epoch: ``val/`` keys when validation
+    ran, and the keys of a callback that measures every few epochs (``metric_prefix``, ``last_logged_epoch``, e.g.
+    the noise diagnostics) when it measured.
     """
 
     def __init__(self):
         self.history: list[dict[str, float]] = []
+        self._validated_epoch = -1
+
+    def on_validation_epoch_end(self, trainer, pl_module):
+        if not trainer.sanity_checking and trainer.state.fn == "fit":
+            self._validated_epoch = trainer.current_epoch
+
+    def _stale_prefixes(self, trainer) -> tuple[str, ...]:
+        stale = [] if self._validated_epoch == trainer.current_epoch else ["val/"]
+        stale += [cb.metric_prefix for cb in trainer.callbacks
+                  if hasattr(cb, "metric_prefix") and getattr(cb, "last_logged_epoch", None) != trainer.current_epoch]
+        return ("test/", *stale)
 
     def on_train_epoch_end(self, trainer, pl_module):
         if trainer.sanity_checking or (self.history and self.history[-1]["epoch"] >= trainer.current_epoch):
             return
+        stale = self._stale_prefixes(trainer)
         row = {"epoch": trainer.current_epoch}
-        row.update({k: float(v) for k, v in trainer.callback_metrics.items() if not k.startswith("test/")})
+        row.update({k: float(v) for k, v in trainer.callback_metrics.items() if not k.startswith(stale)})
         self.history.append(row)
 
     def state_dict(self) -> dict:

@@ -137,3 +137,15 @@ def test_not_applied_without_corrupted_labels():
     clean.setup("fit")
     assert not NoiseDiagnostics.applies_to(clean)
     assert NoiseDiagnostics.applies_to(noisy_digits())
+
+
+def test_history_rows_hold_only_what_was_measured_in_their_epoch(tmp_path):
+    from tests.runs import run_in
+
+    results = run_in(tmp_path / "run", "trainer.max_epochs=5", "diagnostics.every_n_epochs=3",
+                     "+trainer.check_val_every_n_epoch=2", "noise.rate=0.4")
+    history = results["history"]
+    assert [row["epoch"] for row in history] == [0, 1, 2, 3, 4]
+    assert ["diag/memorized" in row for row in history] == [False, False, True, False, True]
+    assert ["val/acc" in row for row in history] == [False, True, False, True, False]
+    assert all("train/loss" in row for row in history)
