@@ -90,6 +90,7 @@ class LabelSmoothingClassifier(pl.LightningModule):
         self.val_nll, self.val_acc, self.val_acc_best = _mean(), accuracy(), MaxMetric(nan_strategy="disable")
         self.val_acc_best.persistent(True)  # spans epochs: checkpointed, so a resumed run keeps the best so far
         self._total_steps = 1
+        self._train_metrics_logged = False  # the epoch's training metrics are handed to Lightning on its first step
         self._eval_outputs: dict[str, list] = {"val": [], "test": []}
         self.val_logits: Optional[Tensor] = None  # last validation epoch's logits and labels, for temperature scaling
         self.val_targets: Optional[Tensor] = None
@@ -141,7 +142,7 @@ class LabelSmoothingClassifier(pl.LightningModule):
         if self.smoothing.per_sample:  # a batch-constant ε has min = max = mean
             self.eps_min.update(eps)
             self.eps_max.update(eps)
-        if batch_idx == 0:
+        if not self._train_metrics_logged:  # the first step of this epoch (also when a run resumed mid-epoch)
             self._log_epoch_metrics()
         return {"loss": loss_per_sample.mean(), "eps": eps, "index": index, "logits": logits.detach()}
 
@@ -154,9 +155,10 @@ class LabelSmoothingClassifier(pl.LightningModule):
             metrics.update({"smoothing/eps_min": self.eps_min, "smoothing/eps_max": self.eps_max})
         for name, metric in metrics.items():
             self.log(name, metric, on_step=False, on_epoch=True)
+        self._train_metrics_logged = True
 
-    def on_train_epoch_end(self) -> None:
-        self.smoothing.on_train_epoch_end()
+    def on_train_epoch_start(self) -> None:
+        self._train_metrics_logged = False
 
     # -- evaluation ---------------------------------------------------------------------------------------------------
 
@@ -166,8 +168,9 @@ class LabelSmoothingClassifier(pl.LightningModule):
         self.val_nll.update(F.cross_entropy(logits.float(), targets, reduction="none"))
         self.val_acc.update(logits, targets)
         self._eval_outputs["val"].append((logits.detach().float(), targets))
-        self.log("val/nll", self.val_nll, on_step=False, on_epoch=True)
-        self.log("val/acc", self.val_acc, on_step=False, on_epoch=True, prog_bar=True)
+        if batch_idx == 0:  # handed to Lightning once; it computes and resets them at the epoch's end
+            self.log("val/nll", self.val_nll, on_step=False, on_epoch=True)
+            self.log("val/acc", self.val_acc, on_step=False, on_epoch=True, prog_bar=True)
 
     def on_validation_epoch_end(self) -> None:
         self.val_logits, self.val_targets = self._collect("val")

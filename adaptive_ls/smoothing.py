@@ -105,8 +105,9 @@ class SmoothingPolicy(nn.Module):
     """Base class. Subclasses implement ``forward``; state they keep across steps lives in buffers (checkpointed).
 
     ``forward(logits, targets, index, progress)`` gets *detached* logits, the (noisy) targets, the samples' indices
-    into the training set and the training progress, and returns a :class:`SmoothingTarget`. Hooks that policies
-    with memory override: ``setup(num_samples, num_classes)`` before training and ``on_train_epoch_end()``.
+    into the training set and the training progress, and returns a :class:`SmoothingTarget`. Policies with memory
+    override ``setup(num_samples, num_classes)`` (called before training) and roll epoch-level state forward when
+    ``progress.epoch`` changes, so their state depends on the steps seen alone (and resumes exactly).
     """
 
     name = "base"
@@ -115,16 +116,13 @@ class SmoothingPolicy(nn.Module):
     def setup(self, num_samples: int, num_classes: int) -> None:
         """Allocate per-sample state; called once the data (and so N and K) is known."""
 
-    def on_train_epoch_end(self) -> None:
-        """Roll epoch-level state forward (for policies that use last epoch's predictions)."""
-
     def forward(self, logits: Tensor, targets: Tensor, index: Tensor, progress: Progress) -> SmoothingTarget:
         raise NotImplementedError
 
     # Under data parallelism each process sees its own shard of every batch. A policy that keeps per-sample state
     # writes the updates of all processes, so every process keeps the same memory (and checkpoints agree):
     #     index, probs = self._gather(index, probs)          # before writing self.memory[index] = probs
-    #     self._all_reduce(self.class_sums)                   # sums accumulated per shard, once at the epoch end
+    #     sums = self._all_reduce(self.sums.clone())          # sums accumulated per shard, once an epoch
     # Every process must make the same calls at the same point (the loaders give all processes the same number of
     # equally sized batches). Alone, both return their input unchanged.
 
@@ -374,8 +372,9 @@ class OnlineSmoothing(SmoothingPolicy):
 
     q_i = S[y_i], where row S[c] is the mean softmax prediction of the training samples of (given) class c that the
     model classified correctly during the *previous* epoch: the soft target keeps the class similarities the model
-    has found (a cat looks more like a dog than a truck) instead of spreading ε evenly. The paper's loss
-    ``α·CE(p, y) + (1 − α)·CE(p, S[y])`` with α = 0.5 is our formula with ε = ``alpha`` = 0.5.
+    has found (a cat looks more like a dog than a truck) instead of spreading ε evenly. The loss is our formula with
+    ε = ``alpha``, the weight of the soft target: ``(1 − alpha)·CE(p, y) + alpha·CE(p, S[y])``; the paper mixes the
+    hard and soft losses 0.5/0.5.
 
     State (buffers, so checkpoints carry it): ``soft`` [K, K] = S, plus this epoch's running ``sums`` [K, K] and
     ``counts`` [K], accumulated on the device in ``forward`` (no host sync). S starts uniform (``init``; ``onehot``
