@@ -28,6 +28,11 @@ RESUME_MAY_CHANGE = (
     "trainer.enable_progress_bar",
     "trainer.enable_model_summary",
     "trainer.log_every_n_steps",
+    # where the data lives (resolved from paths.data_dir): a moved dataset is the same dataset, and the noisy
+    # labels' hash, checked on resume, catches a different one
+    "data.root",
+    "data.cache_dir",
+    "noise.path",
 )
 RESUME_CHOICES = ("auto", True, False)
 LAST_CHECKPOINT = Path("checkpoints") / "last.ckpt"

@@ -333,7 +333,9 @@ class NoisyLabelDataModule(pl.LightningDataModule):
         trainer = getattr(self, "trainer", None)
         epoch = trainer.current_epoch if trainer is not None else 0
         if self._aug_generator is None or self._aug_epoch != epoch or self._aug_generator.device != device:
-            self._aug_generator = torch.Generator(device=device).manual_seed(self.seed * 100_019 + epoch + 1)
+            rank = trainer.global_rank if trainer is not None else 0  # each process draws its own crops and flips
+            self._aug_generator = torch.Generator(device=device).manual_seed(
+                self.seed * 100_019 + epoch + 1 + 7_919 * rank)
             self._aug_epoch = epoch
         return self._aug_generator
 

@@ -35,6 +35,7 @@ and give different numbers at the same nominal rate:
 from __future__ import annotations
 
 import hashlib
+import pickle
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -484,8 +485,16 @@ def _read_label_object(path: Path) -> Any:
     if suffix in (".pt", ".pth"):
         import torch
 
-        # CIFAR-10N's CIFAR-10_human.pt is a dict of numpy arrays: needs weights_only=False.
-        return torch.load(path, map_location="cpu", weights_only=False)
+        # CIFAR-10N's CIFAR-10_human.pt is a dict of numpy arrays: load it with only numpy's array classes allowed
+        # (weights_only), never by running arbitrary pickled code from a downloaded file.
+        try:
+            with torch.serialization.safe_globals(_numpy_array_globals()):
+                return torch.load(path, map_location="cpu", weights_only=True)
+        except pickle.UnpicklingError as err:
+            raise ValueError(
+                f"noise.path={str(path)!r} holds objects other than tensors and numpy arrays, which are not loaded "
+                f"for safety ({str(err).splitlines()[0]}); save the labels with numpy.save or torch.save of a tensor"
+            ) from None
     raise ValueError(
         f"noise.path={str(path)!r} has unsupported suffix {path.suffix!r}; "
         "allowed: '.npy', '.pt', '.pth'"
@@ -497,6 +506,20 @@ def _to_numpy(obj: Any) -> np.ndarray:
     if hasattr(obj, "detach") and hasattr(obj, "cpu"):
         return obj.detach().cpu().numpy()
     return np.asarray(obj)
+
+
+def _numpy_array_globals() -> list:
+    """What unpickling a numpy integer array needs, under the names old and new numpy versions pickle them with."""
+    try:
+        from numpy._core import multiarray
+    except ImportError:  # numpy < 2
+        from numpy.core import multiarray
+    allowed = [np.ndarray, np.dtype, multiarray._reconstruct,
+               (multiarray._reconstruct, "numpy.core.multiarray._reconstruct")]
+    dtypes = getattr(np, "dtypes", None)  # numpy >= 1.25 pickles the dtype's class
+    if dtypes is not None:
+        allowed += [getattr(dtypes, name) for name in dir(dtypes) if name.endswith("DType")]
+    return allowed
 
 
 def load_label_file(

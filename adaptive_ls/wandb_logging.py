@@ -212,8 +212,11 @@ def start_run(cfg: DictConfig) -> Optional[WandbJob]:
     """Start this job's W&B run as ``logger.wandb`` says (None when W&B is disabled, on a non-zero rank, or when the
     job's folder belongs to another run)."""
     global _active
+    from adaptive_ls.config import config_errors
+
     settings = cfg.logger.wandb
-    mode = resolve_mode(settings.get("mode", "auto"))
+    with config_errors("logger.wandb"):  # the job's first check: a bad mode fails in one line, before anything runs
+        mode = resolve_mode(settings.get("mode", "auto"))
     if mode == "disabled" or not _is_rank_zero():
         return None
     may_write, previous_id = _resumed_run_id(cfg)

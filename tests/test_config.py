@@ -183,3 +183,13 @@ def test_ddp_processes_cannot_be_started_inside_a_multirun(monkeypatch):
     assert_one_line(error.value, "trainer.strategy=ddp", "trainer.devices=2", "hydra/launcher=submitit_slurm",
                     "tasks_per_node=2")
     validate_config(compose("trainer=ddp", "trainer.devices=1"))  # one process: nothing to start
+
+
+def test_a_moved_dataset_does_not_block_a_resume_but_other_settings_do():
+    from adaptive_ls.config import config_differences
+
+    saved = {"data": {"root": "/data1", "batch_size": 64}, "noise": {"path": "/data1/h.pt", "rate": 0.4}}
+    moved = {"data": {"root": "/data2", "batch_size": 64}, "noise": {"path": "/data2/h.pt", "rate": 0.4}}
+    assert config_differences(saved, moved) == []  # the labels' hash, checked on resume, catches other data
+    changed = {"data": {"root": "/data2", "batch_size": 32}, "noise": {"path": "/data2/h.pt", "rate": 0.4}}
+    assert config_differences(saved, changed) == ["data.batch_size: 64 -> 32"]

@@ -127,3 +127,16 @@ def test_instance_noise_through_the_data_module():
     blank, _ = noise_lib.corrupt_labels(first.clean_labels.numpy(), "instance", 0.3, 10, seed=0,
                                         features=np.zeros_like(first.train_images.numpy()))
     assert blank.tolist() != expected.tolist()
+
+
+class _RunsCodeWhenUnpickled:
+    def __reduce__(self):
+        return (print, ("this ran while loading a label file",))
+
+
+def test_label_file_with_arbitrary_objects_is_refused_not_executed(tmp_path, capsys):
+    path = tmp_path / "evil.pt"
+    torch.save({"worse_label": np.zeros(3, dtype=np.int64), "payload": _RunsCodeWhenUnpickled()}, path)
+    with pytest.raises(ValueError, match=r"noise.path=.*not loaded for safety"):
+        noise_lib.load_label_file(path, key="worse_label")
+    assert "this ran" not in capsys.readouterr().out

@@ -212,3 +212,12 @@ def test_reader_reassembles_records_split_across_blocks_and_rejects_corruption(t
     path.write_bytes(b"not a run file")
     with pytest.raises(ValueError, match="not a W&B run file"):
         wandb_logging.read_offline_run(path)
+
+
+def test_a_bad_wandb_mode_stops_the_job_in_one_line(wandb_env, tmp_path):
+    from tests.runs import entry_point
+
+    done = entry_point("logger=wandb", "logger.wandb.mode=sometimes", run_dir=tmp_path / "job")
+    assert done.returncode == 2
+    assert done.stderr.strip() == "error: logger.wandb.mode='sometimes': allowed are auto, online, offline, disabled"
+    assert not (tmp_path / "job" / "wandb").exists()
