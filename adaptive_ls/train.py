@@ -347,8 +347,9 @@ def _build_module(cfg: DictConfig, net, policy, num_classes: int):
                                     channels_last=cfg.get("channels_last", True), compile=cfg.get("compile", False))
 
 
-# conf/ sits beside the package (editable install); absolute, so the console script finds it from any folder.
-CONFIG_DIR = str(Path(__file__).resolve().parent.parent / "conf")
+# adaptive_ls/conf: in a checkout a link to the top-level conf/, in a wheel a copy. Absolute, so the console
+# script finds it from any folder.
+CONFIG_DIR = str(Path(__file__).resolve().parent / "conf")
 
 
 def _is_multirun() -> bool:
