@@ -129,13 +129,10 @@ def validate_config(cfg: DictConfig) -> None:
 def _check_process_launch(trainer: DictConfig) -> None:
     """Lightning starts the other DDP processes by re-running the command line; in a Hydra multirun that line is
     the whole sweep. There the processes must come from the cluster (SLURM, torchrun), one per device."""
-    from hydra.core.hydra_config import HydraConfig
-    from hydra.types import RunMode
+    from adaptive_ls.sweeps import is_multirun
 
     strategy, devices = str(trainer.get("strategy", "auto")), trainer.get("devices", 1)
-    if "ddp" not in strategy.lower() or str(devices) == "1":
-        return
-    if not (HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN):
+    if "ddp" not in strategy.lower() or str(devices) == "1" or not is_multirun():
         return
     from lightning_fabric.plugins.environments import SLURMEnvironment, TorchElasticEnvironment
 

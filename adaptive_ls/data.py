@@ -366,7 +366,7 @@ class DigitsDataModule(NoisyLabelDataModule):
 
     num_classes = 10
     class_names = tuple(str(d) for d in range(10))
-    asymmetric_map = {7: 1, 2: 7, 5: 6, 6: 5, 3: 8}  # Patrini et al. 2017's MNIST flips
+    asymmetric_map = noise_lib.MNIST_ASYMMETRIC_MAP  # Patrini et al. 2017's MNIST flips
     test_fraction = 0.2
 
     def __init__(self, val_size: int = 150, batch_size: int = 64, crop_padding: int = 1, hflip: bool = False, **kw):

@@ -314,14 +314,8 @@ def _asymmetric(
 
 def _flip_rates(rate: float, n: int, rng: np.random.Generator) -> np.ndarray:
     """Per-sample flip rates ~ N(rate, 0.1^2) truncated to [0, 1] (Xia et al. 2020)."""
-    try:
-        from scipy import stats
-    except ImportError:  # pragma: no cover - scipy ships with sklearn here
-        out = np.empty(0)
-        while out.size < n:
-            draw = rng.normal(rate, _IDN_FLIP_STD, size=2 * (n - out.size) + 16)
-            out = np.concatenate([out, draw[(draw >= 0.0) & (draw <= 1.0)]])
-        return out[:n]
+    from scipy import stats  # a dependency: one sampler, so the same seed gives the same labels everywhere
+
     lo, hi = (0.0 - rate) / _IDN_FLIP_STD, (1.0 - rate) / _IDN_FLIP_STD
     return np.asarray(
         stats.truncnorm.rvs(lo, hi, loc=rate, scale=_IDN_FLIP_STD, size=n, random_state=rng),

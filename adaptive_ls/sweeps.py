@@ -19,6 +19,27 @@ log = logging.getLogger(__name__)
 
 
 # ---------------------------------------------------------------------------------------------------------------------
+# Where this job runs
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def is_multirun() -> bool:
+    """Whether this job is one of a Hydra multirun (``-m``)."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
+
+
+def is_global_zero() -> bool:
+    """Whether this process writes the job's files (results, W&B): the only one, or rank 0 of a distributed run
+    (Lightning's rank, read from the launcher's environment before the Trainer exists)."""
+    from pytorch_lightning.utilities.rank_zero import rank_zero_only
+
+    return getattr(rank_zero_only, "rank", 0) == 0
+
+
+# ---------------------------------------------------------------------------------------------------------------------
 # Progress
 # ---------------------------------------------------------------------------------------------------------------------
 
@@ -81,11 +102,10 @@ class SweepProgress(Callback):
 
     def on_job_start(self, config: DictConfig, **kwargs: Any) -> None:
         from hydra.core.hydra_config import HydraConfig
-        from hydra.types import RunMode
 
-        hydra_cfg = HydraConfig.get()
-        if hydra_cfg.mode != RunMode.MULTIRUN:
+        if not is_multirun():
             return
+        hydra_cfg = HydraConfig.get()
         total = sweep_size(hydra_cfg)
         overrides = " ".join(hydra_cfg.overrides.task)
         log.info("job %d of %s: %s -> %s", hydra_cfg.job.num + 1, total if total else "?", overrides or "(defaults)",

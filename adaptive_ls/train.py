@@ -27,7 +27,6 @@ import numpy as np
 import pytorch_lightning as pl
 import torch
 from omegaconf import DictConfig, OmegaConf
-from pytorch_lightning.utilities.rank_zero import rank_zero_only
 
 from adaptive_ls.config import (
     CHECKPOINT_KEY,
@@ -44,7 +43,7 @@ from adaptive_ls.config import (
 from adaptive_ls.diagnostics import NoiseDiagnostics
 from adaptive_ls import wandb_logging
 from adaptive_ls.noise import label_hash
-from adaptive_ls.sweeps import sweeper_marks_failures
+from adaptive_ls.sweeps import is_global_zero, is_multirun, sweeper_marks_failures
 
 log = logging.getLogger(__name__)
 
@@ -245,12 +244,6 @@ def keep_previous_logs(loggers: list, epoch: int) -> None:
             metrics.replace(metrics.with_name(f"metrics.until-epoch{epoch:03d}.csv"))
 
 
-def is_global_zero() -> bool:
-    """Whether this process writes the run's files: the only one, or rank 0 of a distributed run (Lightning's rank,
-    read from the launcher's environment before the Trainer exists)."""
-    return rank_zero_only.rank == 0
-
-
 def run(cfg: DictConfig) -> dict[str, Any]:
     """Train and test once as ``cfg`` says; returns (and writes) the results dictionary.
 
@@ -352,13 +345,6 @@ def _build_module(cfg: DictConfig, net, policy, num_classes: int):
 CONFIG_DIR = str(Path(__file__).resolve().parent / "conf")
 
 
-def _is_multirun() -> bool:
-    from hydra.core.hydra_config import HydraConfig
-    from hydra.types import RunMode
-
-    return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
-
-
 def record_failure(cfg: DictConfig, error: BaseException) -> None:
     """Mark the run failed in its results.json (keeping what it had measured) so a sweep report can name it.
 
@@ -388,10 +374,10 @@ def main(cfg: DictConfig) -> Optional[float]:
         with wandb_logging.wandb_job(cfg):  # one W&B run per job, finished even if the job fails (logger=wandb)
             results = run(cfg)
     except Exception as error:
-        if _is_multirun() and sweeper_marks_failures():  # Optuna: a raised error fails the trial, a NaN the study
+        if is_multirun() and sweeper_marks_failures():  # Optuna: a raised error fails the trial, a NaN the study
             record_failure(cfg, error)
             raise
-        return handle_failure(cfg, error, multirun=_is_multirun())
+        return handle_failure(cfg, error, multirun=is_multirun())
     return results.get(cfg.get("optimized_metric", "val/acc_best"))
 
 

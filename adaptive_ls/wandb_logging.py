@@ -28,6 +28,8 @@ from typing import Any, Iterator, Optional
 
 from omegaconf import DictConfig, OmegaConf
 
+from adaptive_ls.sweeps import is_global_zero, is_multirun
+
 log = logging.getLogger(__name__)
 
 MODES = ("auto", "online", "offline", "disabled")
@@ -90,12 +92,8 @@ def sweep_group(folder: os.PathLike | str) -> str:
 
 def _hydra_job() -> tuple[Optional[Any], bool]:
     from hydra.core.hydra_config import HydraConfig
-    from hydra.types import RunMode
 
-    if not HydraConfig.initialized():
-        return None, False
-    hydra_cfg = HydraConfig.get()
-    return hydra_cfg, hydra_cfg.mode == RunMode.MULTIRUN
+    return (HydraConfig.get(), is_multirun()) if HydraConfig.initialized() else (None, False)
 
 
 def job_identity(cfg: DictConfig) -> dict[str, Any]:
@@ -143,12 +141,6 @@ def run_config(cfg: DictConfig) -> dict[str, Any]:
 # ---------------------------------------------------------------------------------------------------------------------
 # One run per job
 # ---------------------------------------------------------------------------------------------------------------------
-
-
-def _is_rank_zero() -> bool:
-    from pytorch_lightning.utilities import rank_zero_only
-
-    return getattr(rank_zero_only, "rank", 0) == 0
 
 
 def wandb_enabled(cfg: DictConfig) -> bool:
@@ -217,7 +209,7 @@ def start_run(cfg: DictConfig) -> Optional[WandbJob]:
     settings = cfg.logger.wandb
     with config_errors("logger.wandb"):  # the job's first check: a bad mode fails in one line, before anything runs
         mode = resolve_mode(settings.get("mode", "auto"))
-    if mode == "disabled" or not _is_rank_zero():
+    if mode == "disabled" or not is_global_zero():
         return None
     may_write, previous_id = _resumed_run_id(cfg)
     if not may_write:
@@ -274,7 +266,7 @@ def lightning_logger(cfg: DictConfig):
     from pytorch_lightning.loggers import WandbLogger
 
     settings = cfg.logger.wandb
-    if not _is_rank_zero():  # other ranks get a logger that never starts a run (its experiment is rank-zero only)
+    if not is_global_zero():  # other ranks get a logger that never starts a run (its experiment is rank-zero only)
         return WandbLogger(save_dir=str(cfg.paths.output_dir), log_model=False)
     job = _active if _active is not None else start_run(cfg)
     if job is None:
