@@ -277,9 +277,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     log.info("noise: %s rate %s realised %.4f (%d of %d labels), hash %s", cfg.noise.kind, cfg.noise.get("rate"),
              results["noise/realized_rate"], results["noise/num_noisy"], len(noisy), labels_hash)
     if writes:
-        output_dir.mkdir(parents=True, exist_ok=True)
-        np.save(output_dir / "noisy_labels.npy", noisy)
-        np.savetxt(output_dir / "noise_transition.csv", datamodule.transition_matrix(), delimiter=",", fmt="%.6f")
+        write_noise_artifacts(output_dir, datamodule)
         write_json(output_dir / "results.json", results)  # status running: a killed job shows up as such
 
     net = hydra.utils.instantiate(cfg.model, num_classes=datamodule.num_classes, in_channels=datamodule.in_channels)
@@ -300,23 +298,10 @@ def run(cfg: DictConfig) -> dict[str, Any]:
 
     trainer.fit(module, datamodule=datamodule, ckpt_path=plan.checkpoint if plan else None)
     history = callbacks["history"].history
-    results.update({k: v for k, v in (history[-1] if history else {}).items()
-                    if k in RESULT_METRICS or k.startswith("diag/")})
-    if has_val and module.val_logits is None:  # no epoch left to train (a completed run reloaded): temperature
-        trainer.validate(module, datamodule=datamodule, verbose=False)  # scaling needs the validation logits
-    final = trainer.test(module, datamodule=datamodule, verbose=False)[0]
-    results.update({k: _to_float(v) for k, v in final.items()})
-    if module.test_reliability is not None and writes:
-        write_json(output_dir / "reliability.json", {k: v.tolist() for k, v in module.test_reliability.items()})
-
-    best_path = callbacks["best"].best_model_path if has_val else ""
-    if cfg.get("test_best", True) and best_path:
-        trainer.validate(module, datamodule=datamodule, ckpt_path=best_path, verbose=False)
-        best = trainer.test(module, datamodule=datamodule, ckpt_path=best_path, verbose=False)[0]
-        results["test/acc_at_best_val"] = _to_float(best["test/acc"])
-        results["checkpoint/best"] = best_path
-    else:
-        results["test/acc_at_best_val"] = results.get("test/acc")
+    latest = {k: v for row in history for k, v in row.items()}  # each metric's last measured value
+    results.update({k: v for k, v in latest.items() if k in RESULT_METRICS or k.startswith("diag/")})
+    best_path = callbacks["best"].best_model_path if has_val and cfg.get("test_best", True) else ""
+    results.update(test_final_and_best(trainer, module, datamodule, best_path, output_dir if writes else None))
     results["checkpoint/last"] = callbacks["last"].best_model_path  # with monitor=None, "best" is the latest
     results["history"] = history
     results["world_size"] = trainer.world_size
@@ -328,6 +313,30 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         write_json(output_dir / "results.json", results)
     log.info("results: test/acc %.4f  test/ece %.4f  test/nll %.4f  (%s)", results.get("test/acc", math.nan),
              results.get("test/ece", math.nan), results.get("test/nll", math.nan), output_dir / "results.json")
+    return results
+
+
+def write_noise_artifacts(output_dir: Path, datamodule) -> None:
+    """The noisy labels the run trains on, and their empirical transition matrix, beside its results."""
+    output_dir.mkdir(parents=True, exist_ok=True)
+    np.save(output_dir / "noisy_labels.npy", datamodule.noisy_labels.numpy())
+    np.savetxt(output_dir / "noise_transition.csv", datamodule.transition_matrix(), delimiter=",", fmt="%.6f")
+
+
+def test_final_and_best(trainer: pl.Trainer, module, datamodule, best_path: str,
+                        output_dir: Optional[Path]) -> dict[str, Any]:
+    """Test metrics of the final weights (with temperature scaling fitted on the validation split) and the test
+    accuracy of the best-validation checkpoint; writes reliability.json into ``output_dir`` when given."""
+    if datamodule.val_size > 0 and module.val_logits is None:  # no epoch left to train (a completed run reloaded):
+        trainer.validate(module, datamodule=datamodule, verbose=False)  # temperature scaling needs val logits
+    results = {k: _to_float(v) for k, v in trainer.test(module, datamodule=datamodule, verbose=False)[0].items()}
+    if module.test_reliability is not None and output_dir is not None:
+        write_json(output_dir / "reliability.json", {k: v.tolist() for k, v in module.test_reliability.items()})
+    results["test/acc_at_best_val"] = results["test/acc"]
+    if best_path:  # validate first: the temperature is fitted on the same weights' validation logits
+        trainer.validate(module, datamodule=datamodule, ckpt_path=best_path, verbose=False)
+        best = trainer.test(module, datamodule=datamodule, ckpt_path=best_path, verbose=False)[0]
+        results.update({"test/acc_at_best_val": _to_float(best["test/acc"]), "checkpoint/best": best_path})
     return results
 
 
