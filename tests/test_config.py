@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from adaptive_ls.config import ConfigError, OutputDirError, ResumePlan, check_resumed_labels, validate_config
-from tests.runs import CONF_DIR, compose, entry_point, run_in
+from tests.runs import CONF_DIR, TINY, compose, entry_point, run_in, write_cifar10
 
 # (overrides, what the one-line message must say): the key and value given, then what is allowed.
 NO_DATA_NEEDED = [
@@ -51,23 +51,13 @@ def assert_one_line(error: BaseException, *parts: str) -> None:
 @pytest.mark.parametrize("overrides, parts", NO_DATA_NEEDED, ids=[" ".join(o) for o, _ in NO_DATA_NEEDED])
 def test_settings_checked_before_any_data(overrides, parts):
     with pytest.raises(ConfigError) as error:
-        validate_config(compose(*overrides))
+        validate_config(compose(*TINY, *overrides))
     assert_one_line(error.value, *parts)
 
 
 def test_default_config_is_valid():
-    validate_config(compose())
-    validate_config(compose("data=cifar10", "noise=asymmetric", "smoothing=adaptive"))
-
-
-def write_cifar10_files(root, corrupt: bool):
-    """The seven files of torchvision's CIFAR-10 layout, with contents that fail its checksums."""
-    from torchvision.datasets import CIFAR10
-
-    folder = root / CIFAR10.base_folder
-    folder.mkdir(parents=True)
-    for name, _ in CIFAR10.train_list + CIFAR10.test_list + [(CIFAR10.meta["filename"], None)]:
-        (folder / name).write_bytes(b"not the real CIFAR-10" if corrupt else b"")
+    validate_config(compose(*TINY))
+    validate_config(compose(*TINY, "data=cifar10", "noise=asymmetric", "smoothing=adaptive"))
 
 
 # Checks that need the data run when it is loaded, before the model is built (its target would raise).
@@ -81,7 +71,7 @@ def test_data_checks_fail_before_the_model_is_built(tmp_path, case):
         overrides += ["data=cifar10", f"data.root={tmp_path / 'empty'}", "data.download=false"]
         parts = [f"data.root={tmp_path / 'empty'}", "CIFAR-10 not found", "data.download=true"]
     else:
-        write_cifar10_files(tmp_path / "cifar", corrupt=True)
+        write_cifar10(tmp_path / "cifar")  # the real layout, other contents: other checksums
         overrides += ["data=cifar10", f"data.root={tmp_path / 'cifar'}", "data.verify=true"]
         parts = ["data.verify=true", "fail torchvision's CIFAR-10 checksums", "data.verify=false"]
     with pytest.raises(ConfigError) as error:
@@ -137,7 +127,7 @@ def test_a_completed_run_dir_is_refused_and_left_alone(tmp_path):
         run_in(run_dir, "trainer.max_epochs=1")
     assert_one_line(error.value, f"paths.output_dir={run_dir} already holds a completed run", "hydra.run.dir",
                     "resume=true")
-    record_failure(compose("trainer.max_epochs=1", f"paths.output_dir={run_dir}"), error.value)
+    record_failure(compose(*TINY, "trainer.max_epochs=1", f"paths.output_dir={run_dir}"), error.value)
     assert {p: p.read_bytes() for p in run_dir.rglob("*") if p.is_file()} == before
 
 
@@ -147,7 +137,7 @@ def test_failed_jobs_are_recorded_and_reported(tmp_path, capsys, monkeypatch):
     from adaptive_ls.train import NonFiniteLossError, handle_failure
 
     monkeypatch.delenv("HYDRA_FULL_ERROR", raising=False)
-    cfg = compose(f"paths.output_dir={tmp_path}")
+    cfg = compose(*TINY, f"paths.output_dir={tmp_path}")
     # a sweep run again in its folder: a completed job reports its stored metric and its folder is left alone
     assert handle_failure(cfg, RunCompleted("completed", {"val/acc_best": 0.75}), multirun=True) == 0.75
     assert not (tmp_path / "results.json").exists()
@@ -179,10 +169,10 @@ def test_ddp_processes_cannot_be_started_inside_a_multirun(monkeypatch):
     for name in ("SLURM_NTASKS", "SLURM_JOB_NAME", "TORCHELASTIC_RUN_ID"):
         monkeypatch.delenv(name, raising=False)
     with pytest.raises(ConfigError) as error:
-        validate_config(compose("trainer=ddp", "trainer.devices=2"))
+        validate_config(compose(*TINY, "trainer=ddp", "trainer.devices=2"))
     assert_one_line(error.value, "trainer.strategy=ddp", "trainer.devices=2", "hydra/launcher=submitit_slurm",
                     "tasks_per_node=2")
-    validate_config(compose("trainer=ddp", "trainer.devices=1"))  # one process: nothing to start
+    validate_config(compose(*TINY, "trainer=ddp", "trainer.devices=1"))  # one process: nothing to start
 
 
 def test_a_moved_dataset_does_not_block_a_resume_but_other_settings_do():

@@ -12,7 +12,7 @@ import torch.multiprocessing as mp
 from adaptive_ls.config import instantiate_datamodule
 from adaptive_ls.smoothing import AdaptiveSmoothing, Progress
 from tests.ddp_worker import K, N, WORLD, policy_on_rank, steps
-from tests.runs import compose, entry_point, one_thread
+from tests.runs import TINY, compose, entry_point, one_thread
 
 
 def test_per_sample_memory_is_the_same_on_every_process(tmp_path):
@@ -36,7 +36,7 @@ def test_each_process_trains_on_its_own_equal_shard(loader):
     sees the same batches), evaluation sets whole in every process."""
     from types import SimpleNamespace
 
-    datamodule = instantiate_datamodule(compose(f"data.loader={loader}"))
+    datamodule = instantiate_datamodule(compose(*TINY, f"data.loader={loader}"))
     datamodule.setup("fit")
 
     def epoch_indices(rank: int, epoch: int, split: str = "train") -> list[int]:
@@ -69,7 +69,7 @@ def test_ddp_run_on_two_cpu_processes(tmp_path):
 
     # the memory holds both processes' samples (rank 0 alone sees half an epoch's samples)
     checkpoint = torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
-    datamodule = instantiate_datamodule(compose(*settings))
+    datamodule = instantiate_datamodule(compose(*TINY, *settings))
     datamodule.setup("fit")
     seen = checkpoint["state_dict"]["smoothing.seen"]
     assert seen[datamodule.train_index].float().mean() > 0.95 and not seen[datamodule.val_index].any()

@@ -5,22 +5,18 @@ import json
 
 import numpy as np
 import pytest
-from hydra import compose, initialize_config_dir
 
 from adaptive_ls.data import DigitsDataModule
-from adaptive_ls.train import CONFIG_DIR, run
-from tests.test_image_folder import write_tree
-from tests.test_label_files import write_human_pt, write_tiny_cifar10
+from tests.runs import DIGITS_ON_CPU, run_in, write_cifar10, write_human_pt, write_tree
 
-TINY = ["trainer.max_epochs=2", "+trainer.limit_val_batches=1",
-        "trainer.enable_progress_bar=false", "trainer.accelerator=cpu", "model.width=8"]
+# A narrow CNN, one validation batch, and every result (the best checkpoint tested too).
+RESEARCH_RUN = (*DIGITS_ON_CPU, "model.width=8", "+trainer.limit_val_batches=1")
 DIAG_KEYS = ("diag/memorized", "diag/corrected", "diag/acc_clean_subset", "diag/eps_noisy", "diag/eps_clean")
 
 
 def run_entry(tmp_path, *overrides: str) -> dict:
-    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
-        cfg = compose(config_name="config", overrides=[*TINY, f"paths.output_dir={tmp_path}", *overrides])
-    results = run(cfg)
+    """A run of RESEARCH_RUN + ``overrides`` in tmp_path, which must complete."""
+    results = run_in(tmp_path, *overrides, preset=RESEARCH_RUN)
     assert json.loads((tmp_path / "results.json").read_text())["status"] == "completed"
     return results
 
@@ -84,7 +80,7 @@ def test_label_file_noise_on_digits(tmp_path):
 
 
 def test_cifar10n_preset_on_a_tiny_cifar(tmp_path):
-    clean = write_tiny_cifar10(tmp_path / "data")
+    clean = write_cifar10(tmp_path / "data").train_labels
     human = write_human_pt(tmp_path / "CIFAR-10_human.pt", clean)
     with pytest.warns(UserWarning, match="checksums"):
         results = run_entry(tmp_path, "data=cifar10", f"data.root={tmp_path / 'data'}", "data.verify=false",

@@ -14,7 +14,7 @@ import torch
 from adaptive_ls.config import ConfigError, OutputDirError, instantiate_datamodule
 from adaptive_ls.noise import label_hash
 from adaptive_ls.smoothing import AdaptiveSmoothing
-from tests.runs import Crash, compose, entry_point, run_in
+from tests.runs import TINY, Crash, compose, entry_point, run_in
 
 # Per-sample memory (adaptive ε from an EMA of each sample's prediction), momentum, a per-step cosine schedule and
 # a best checkpoint: every piece of state a resumed run must get back.
@@ -114,6 +114,6 @@ def test_seeds_fix_the_labels_and_the_numbers(tmp_path, caplog):
     assert f"hash {first['noise/labels_hash']}" in caplog.text
     assert other_seed["history"] != first["history"]  # the training seed does change training
     # and noise_seed alone decides them
-    datamodule = instantiate_datamodule(compose("noise_seed=1"))
+    datamodule = instantiate_datamodule(compose(*TINY, "noise_seed=1"))
     datamodule.setup("fit")
     assert label_hash(datamodule.noisy_labels.numpy()) != first["noise/labels_hash"]

@@ -10,25 +10,7 @@ from PIL import Image
 
 import adaptive_ls.data as data_lib
 from adaptive_ls.data import ImageFolderDataModule
-
-CLASSES = ("cat", "dog", "frog")  # sorted, as torchvision orders class folders
-
-
-def write_tree(root, per_class: int = 8, seed: int = 0) -> dict:
-    """root/{train,test}/<class>/*: PNGs of 12x12, plus one 20x16 JPEG and one BMP per class (sizes and formats mix)."""
-    rng = np.random.default_rng(seed)
-    pixels = {}
-    for split, n in (("train", per_class), ("test", 3)):
-        for c in CLASSES:
-            folder = root / split / c
-            folder.mkdir(parents=True)
-            for i in range(n):
-                array = rng.integers(0, 256, (12, 12, 3), dtype=np.uint8)
-                Image.fromarray(array).save(folder / f"{i:03d}.png")
-                pixels[(split, c, i)] = array
-            Image.fromarray(rng.integers(0, 256, (20, 16, 3), dtype=np.uint8)).save(folder / "zz_big.jpg")
-            Image.fromarray(rng.integers(0, 256, (12, 12), dtype=np.uint8)).save(folder / "zz_gray.bmp")
-    return pixels
+from tests.runs import IMAGE_FOLDER_CLASSES, write_tree
 
 
 def module(root, **kw) -> ImageFolderDataModule:
@@ -41,7 +23,7 @@ def test_tree_is_decoded_in_torchvision_order(tmp_path):
     pixels = write_tree(tmp_path)
     dm = module(tmp_path)
     per_class = 8 + 2
-    assert dm.class_names == CLASSES and dm.num_classes == 3
+    assert dm.class_names == IMAGE_FOLDER_CLASSES and dm.num_classes == 3
     assert dm.train_images.shape == (3 * per_class, 3, 12, 12) and dm.train_images.dtype == torch.uint8
     assert dm.test_images.shape == (3 * 5, 3, 12, 12)
     assert dm.clean_labels.tolist() == [c for c in range(3) for _ in range(per_class)]

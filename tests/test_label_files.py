@@ -1,7 +1,6 @@
 """Real-noise label files (CIFAR-10N format) and instance-dependent noise, through the data modules."""
 from __future__ import annotations
 
-import pickle
 import warnings
 
 import numpy as np
@@ -10,49 +9,12 @@ import torch
 
 from adaptive_ls import noise as noise_lib
 from adaptive_ls.data import CIFAR10DataModule, DigitsDataModule
-
-N_PER_BATCH, N_TEST = 20, 30  # 100 training images in 5 batches, as torchvision's layout has
-
-
-def write_tiny_cifar10(root, seed: int = 0) -> np.ndarray:
-    """Write a tiny CIFAR-10 in torchvision's on-disk layout; returns the training labels in training order."""
-    rng = np.random.default_rng(seed)
-    folder = root / "cifar-10-batches-py"
-    folder.mkdir(parents=True)
-
-    def batch(name: str, n: int) -> np.ndarray:
-        labels = rng.integers(0, 10, n)
-        data = rng.integers(0, 256, (n, 3 * 32 * 32), dtype=np.uint8)
-        with open(folder / name, "wb") as f:
-            pickle.dump({"data": data, "labels": labels.tolist(), "batch_label": name}, f)
-        return labels
-
-    train = np.concatenate([batch(f"data_batch_{i}", N_PER_BATCH) for i in range(1, 6)])
-    batch("test_batch", N_TEST)
-    with open(folder / "batches.meta", "wb") as f:
-        pickle.dump({"label_names": list(noise_lib.CIFAR10_CLASSES)}, f)
-    return train
-
-
-def write_human_pt(path, clean: np.ndarray, seed: int = 1) -> dict:
-    """A label file in CIFAR-10N's CIFAR-10_human.pt format: dict of int64 numpy arrays in training order."""
-    rng = np.random.default_rng(seed)
-
-    def flip(rate: float) -> np.ndarray:
-        out = clean.copy()
-        idx = rng.choice(clean.size, size=round(rate * clean.size), replace=False)
-        out[idx] = (clean[idx] + rng.integers(1, 10, idx.size)) % 10
-        return out.astype(np.int64)
-
-    labels = {"clean_label": clean.astype(np.int64), "aggre_label": flip(0.09), "worse_label": flip(0.4),
-              "random_label1": flip(0.17), "random_label2": flip(0.18), "random_label3": flip(0.18)}
-    torch.save(labels, path)
-    return labels
+from tests.runs import write_cifar10, write_human_pt
 
 
 @pytest.fixture()
 def tiny_cifar(tmp_path):
-    clean = write_tiny_cifar10(tmp_path / "data")
+    clean = write_cifar10(tmp_path / "data").train_labels  # 100 training images in 5 batches
     human = write_human_pt(tmp_path / "CIFAR-10_human.pt", clean)
     return tmp_path, clean, human
 

@@ -176,12 +176,9 @@ def test_negative_smoothing_bound():
 
 
 def test_negative_preset_composes():
-    from hydra import compose, initialize_config_dir
+    from tests.runs import compose
 
-    from adaptive_ls.train import CONFIG_DIR
-
-    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
-        cfg = compose(config_name="config", overrides=["smoothing=negative"])
+    cfg = compose("smoothing=negative")
     assert cfg.smoothing.eps < 0
     from hydra.utils import instantiate
 

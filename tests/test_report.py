@@ -9,7 +9,6 @@ import pandas as pd
 import pytest
 
 from adaptive_ls import report
-from tests.test_wandb_logging import wandb_env  # noqa: F401  (fixture: W&B offline inside tmp_path)
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -155,7 +154,7 @@ def test_command_line_says_what_it_read(sweep, tmp_path, caplog):
     assert report.main([str(tmp_path / "nowhere")]) == 2
 
 
-def test_wandb_report_run_joins_the_sweep_group_offline(sweep, wandb_env, caplog):  # noqa: F811
+def test_wandb_report_run_joins_the_sweep_group_offline(sweep, wandb_env, caplog):
     from adaptive_ls import wandb_logging
 
     for job in sweep.glob("*/results.json"):  # as train.py records them when the jobs logged to W&B

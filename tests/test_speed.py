@@ -8,13 +8,11 @@ from __future__ import annotations
 import importlib.util
 import json
 from functools import partial
-from pathlib import Path
 
 import pytest
 import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
-from hydra import compose, initialize_config_dir
 
 import adaptive_ls  # noqa: F401  (registers the config resolvers)
 from adaptive_ls import speed
@@ -22,14 +20,7 @@ from adaptive_ls.data import DigitsDataModule
 from adaptive_ls.models import fastnet, small_cnn
 from adaptive_ls.module import LabelSmoothingClassifier
 from adaptive_ls.smoothing import AdaptiveSmoothing, FixedSmoothing
-
-REPO = Path(__file__).resolve().parent.parent
-CONF = str(REPO / "conf")
-
-
-def compose_config(overrides=()):
-    with initialize_config_dir(config_dir=CONF, version_base="1.3"):
-        return compose("config", overrides=list(overrides))
+from tests.runs import REPO_ROOT, compose
 
 
 # -- fastnet ----------------------------------------------------------------------------------------------------------
@@ -64,7 +55,7 @@ def test_fastnet_rejects_bad_widths_naming_the_key():
 def test_fastnet_config_instantiates():
     import hydra
 
-    cfg = compose_config(["model=fastnet"])
+    cfg = compose("model=fastnet")
     net = hydra.utils.instantiate(cfg.model, num_classes=10, in_channels=3)
     assert net(torch.randn(2, 3, 32, 32)).shape == (2, 10)
 
@@ -95,7 +86,7 @@ def test_channels_last_gives_the_same_loss_and_gradients_as_contiguous():
 
 
 def test_channels_last_is_the_default_and_reaches_the_batches():
-    assert compose_config().channels_last is True
+    assert compose().channels_last is True
     module = LabelSmoothingClassifier(small_cnn(width=8))
     module.set_speed_options()
     seen = []
@@ -112,7 +103,7 @@ def test_speed_options_are_checked():
 
 
 def test_compile_is_off_by_default_and_keeps_checkpoint_keys():
-    cfg = compose_config()
+    cfg = compose()
     assert cfg.compile is False
     plain = LabelSmoothingClassifier(small_cnn(width=8))
     plain.set_speed_options()
@@ -140,13 +131,13 @@ def test_auto_precision_is_bf16_on_a_bf16_gpu_only(monkeypatch):
 
 
 def test_default_trainer_config_resolves_for_this_machine():
-    cfg = compose_config()
+    cfg = compose()
     expected = "bf16-mixed" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "32-true"
     assert cfg.trainer.precision == expected
     assert cfg.trainer.benchmark is True
-    assert compose_config(["trainer.deterministic=true"]).trainer.benchmark is False
-    assert compose_config(["trainer=cpu"]).trainer.precision == "32-true"
-    assert compose_config(["trainer=gpu"]).trainer.precision == "bf16-mixed"
+    assert compose("trainer.deterministic=true").trainer.benchmark is False
+    assert compose("trainer=cpu").trainer.precision == "32-true"
+    assert compose("trainer=gpu").trainer.precision == "bf16-mixed"
 
 
 def test_progress_bar_is_redrawn_every_n_steps(tmp_path):
@@ -154,10 +145,10 @@ def test_progress_bar_is_redrawn_every_n_steps(tmp_path):
 
     from adaptive_ls.train import build_callbacks
 
-    cfg = compose_config(["progress_bar_refresh_rate=7", f"paths.output_dir={tmp_path}"])
+    cfg = compose("progress_bar_refresh_rate=7", f"paths.output_dir={tmp_path}")
     bars = [c for c in build_callbacks(cfg, tmp_path, True, "hash").values() if isinstance(c, TQDMProgressBar)]
     assert len(bars) == 1 and bars[0].refresh_rate == 7
-    cfg = compose_config(["trainer.enable_progress_bar=false", f"paths.output_dir={tmp_path}"])
+    cfg = compose("trainer.enable_progress_bar=false", f"paths.output_dir={tmp_path}")
     assert not any(isinstance(c, TQDMProgressBar) for c in build_callbacks(cfg, tmp_path, True, "hash").values())
 
 
@@ -210,7 +201,7 @@ def test_device_batches_and_augmentation_are_reproducible_from_the_seed():
 
 
 def test_benchmark_json_has_the_documented_keys(tmp_path):
-    spec = importlib.util.spec_from_file_location("benchmark", REPO / "scripts" / "benchmark.py")
+    spec = importlib.util.spec_from_file_location("benchmark", REPO_ROOT / "scripts" / "benchmark.py")
     benchmark = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(benchmark)
     path = tmp_path / "bench.json"

@@ -3,44 +3,29 @@ search space and the SLURM launcher's config (checked against submitit's own sba
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
-from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
 from adaptive_ls import report, wandb_logging
-from adaptive_ls.train import CONFIG_DIR
-from tests.test_wandb_logging import wandb_env  # noqa: F401  (fixture: W&B offline inside tmp_path)
+from tests.runs import TINY, compose, entry_point
 
-REPO = Path(__file__).resolve().parents[1]
-TINY = ["trainer.max_epochs=1", "++trainer.limit_train_batches=2", "model.width=8", "trainer.enable_progress_bar=false",
-        "trainer.accelerator=cpu", "test_best=false"]
-
-
-def multirun(tmp_path: Path, *overrides: str, timeout: int = 300) -> subprocess.CompletedProcess:
-    """``python -m adaptive_ls.train -m ...`` with this checkout first on the path and one thread per job."""
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]),
-           "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
-    return subprocess.run([sys.executable, "-m", "adaptive_ls.train", "-m", *TINY, *overrides], cwd=tmp_path, env=env,
-                          capture_output=True, text=True, timeout=timeout)
+# Sweeps run several jobs: one epoch of 2 training batches each.
+SWEEP_JOB = (*TINY, "trainer.max_epochs=1", "++trainer.limit_train_batches=2")
 
 
 def results(job: Path) -> dict:
     return json.loads((job / "results.json").read_text())
 
 
-def test_submitit_local_sweep_one_wandb_run_per_job_failures_recorded_and_a_correct_table(
-        wandb_env, tmp_path):  # noqa: F811
+def test_submitit_local_sweep_one_wandb_run_per_job_failures_recorded_and_a_correct_table(wandb_env, tmp_path):
     """2 seeds x 2 validation sizes through submitit: the two jobs with an impossible split fail, the others finish."""
     sweep = tmp_path / "sweep"
-    done = multirun(tmp_path, "hydra/launcher=submitit_local", "hydra.launcher.timeout_min=10", "smoothing=fixed",
-                    "seed=0,1", "data.val_size=150,100000", "logger=wandb", f"hydra.sweep.dir={sweep}")
+    done = entry_point("hydra/launcher=submitit_local", "hydra.launcher.timeout_min=10", "smoothing=fixed", "seed=0,1",
+                       "data.val_size=150,100000", "logger=wandb", run_dir=sweep, multirun=True, preset=SWEEP_JOB)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     assert (sweep / ".submitit").is_dir()  # the jobs really went through submitit
     assert "sweep finished: 4 jobs (2 completed, 2 failed)" in done.stdout
@@ -84,8 +69,8 @@ def test_submitit_local_sweep_one_wandb_run_per_job_failures_recorded_and_a_corr
 def test_tune_eps_runs_optuna_trials_on_the_noisy_validation_accuracy(tmp_path):
     """Two trials over ε in [0, 1.6]: ε >= 1 is refused, that trial fails and the study goes on (seeded sampler)."""
     sweep = tmp_path / "tune"
-    done = multirun(tmp_path, "experiment=tune_eps", "hydra.sweeper.n_trials=2",
-                    'search_space.fixed.eps="interval(0.0, 1.6)"', f"hydra.sweep.dir={sweep}")
+    done = entry_point("experiment=tune_eps", "hydra.sweeper.n_trials=2", 'search_space.fixed.eps="interval(0.0, 1.6)"',
+                       run_dir=sweep, multirun=True, preset=SWEEP_JOB)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     trials = [results(sweep / str(n)) for n in range(2)]
     eps = [float(OmegaConf.load(sweep / str(n) / ".hydra" / "overrides.yaml")[0].split("=")[1]) for n in range(2)]
@@ -102,24 +87,19 @@ def test_tune_eps_runs_optuna_trials_on_the_noisy_validation_accuracy(tmp_path):
     assert "sweep finished: 2 jobs (1 completed, 1 failed)" in done.stdout
 
 
-def _compose_with_hydra(*overrides: str):
-    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
-        return compose("config", overrides=list(overrides), return_hydra_config=True)
-
-
 def test_search_space_follows_the_chosen_policy():
     import optuna
 
     from adaptive_ls.sweeps import policy_search_space
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    cfg = _compose_with_hydra("experiment=tune_eps", "smoothing=adaptive")
+    cfg = compose("experiment=tune_eps", "smoothing=adaptive", hydra=True)
     trial = optuna.create_study(direction="maximize").ask()
     policy_search_space(cfg, trial)
     assert set(trial.params) == {"smoothing.eps_max", "smoothing.warmup_epochs", "smoothing.ema"}
     assert 0.1 <= trial.params["smoothing.eps_max"] <= 0.9 and trial.params["smoothing.ema"] in (0.0, 0.7, 0.9)
     assert isinstance(trial.params["smoothing.warmup_epochs"], int)
-    cfg = _compose_with_hydra("experiment=tune_eps", "smoothing=none")
+    cfg = compose("experiment=tune_eps", "smoothing=none", hydra=True)
     with pytest.raises(ValueError, match="search_space has no entry for smoothing=none"):
         policy_search_space(cfg, optuna.create_study().ask())
 
@@ -130,8 +110,8 @@ def test_slurm_launcher_settings_reach_sbatch(tmp_path, monkeypatch):
     from hydra.utils import instantiate
     from submitit.slurm.slurm import SlurmExecutor
 
-    cfg = _compose_with_hydra("hydra/launcher=slurm", "hydra.launcher.partition=gpu-a100",
-                              "hydra.launcher.account=lab", f"hydra.sweep.dir={tmp_path}", "hydra.job.name=train")
+    cfg = compose("hydra/launcher=slurm", "hydra.launcher.partition=gpu-a100", "hydra.launcher.account=lab",
+                  f"hydra.sweep.dir={tmp_path}", "hydra.job.name=train", hydra=True)
     launcher = instantiate(cfg.hydra.launcher)
     launcher.setup(hydra_context=None, task_function=None, config=cfg)
     captured = {}

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from omegaconf import OmegaConf
 
-from tests.conftest import TINY_RUN
+from tests.runs import DIGITS_ON_CPU, compose, entry_point, run_config
 
 # What every results.json carries (the issue's list), whatever the policy.
 RESULT_KEYS = ("status", "test/acc", "test/ece", "test/nll", "test/brier", "val/acc", "val/acc_best",
@@ -25,8 +25,8 @@ POLICY_PARAMS = {
 
 
 @pytest.mark.parametrize("policy", list(POLICY_PARAMS))
-def test_run_writes_results_for_each_policy(compose, run_config, tmp_path, policy):
-    cfg = compose(*TINY_RUN, f"smoothing={policy}", "noise=symmetric", "noise.rate=0.4")
+def test_run_writes_results_for_each_policy(tmp_path, policy):
+    cfg = compose(*DIGITS_ON_CPU, f"smoothing={policy}", "noise=symmetric", "noise.rate=0.4", hydra=True)
     returned = run_config(cfg, tmp_path)
     results = json.loads((tmp_path / "results.json").read_text())
     assert results == json.loads(json.dumps(returned, default=str))  # what run() returns is what it wrote
@@ -67,11 +67,11 @@ def test_run_writes_results_for_each_policy(compose, run_config, tmp_path, polic
     assert (tmp_path / "csv" / "metrics.csv").is_file()
 
 
-def test_entry_point_end_to_end(run_entry_point, tmp_path):
+def test_entry_point_end_to_end(tmp_path):
     """`python -m adaptive_ls.train` as a user runs it: Hydra's own run dir, results.json there, exit code 0."""
     run_dir = tmp_path / "run"
-    proc = run_entry_point(*TINY_RUN, "trainer.max_epochs=1", "smoothing=adaptive", "noise.rate=0.2",
-                           run_dir=run_dir)
+    proc = entry_point("trainer.max_epochs=1", "smoothing=adaptive", "noise.rate=0.2", run_dir=run_dir,
+                       preset=DIGITS_ON_CPU)
     assert proc.returncode == 0, proc.stderr[-3000:]
     results = json.loads((run_dir / "results.json").read_text())
     assert results["status"] == "completed" and results["smoothing"] == "adaptive"
@@ -81,9 +81,9 @@ def test_entry_point_end_to_end(run_entry_point, tmp_path):
     assert not (tmp_path / "outputs").exists()  # nothing written outside the run dir
 
 
-def test_failing_job_exits_nonzero_naming_the_key(run_entry_point, tmp_path):
+def test_failing_job_exits_nonzero_naming_the_key(tmp_path):
     run_dir = tmp_path / "bad"
-    proc = run_entry_point(*TINY_RUN, "smoothing=fixed", "smoothing.eps=1.5", run_dir=run_dir)
+    proc = entry_point("smoothing=fixed", "smoothing.eps=1.5", run_dir=run_dir, preset=DIGITS_ON_CPU)
     assert proc.returncode != 0
     assert "smoothing.eps=1.5" in proc.stderr
     results = json.loads((run_dir / "results.json").read_text())

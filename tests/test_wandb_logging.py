@@ -7,35 +7,13 @@ import zlib
 from pathlib import Path
 
 import pytest
-from hydra import compose, initialize_config_dir
 
 from adaptive_ls import wandb_logging
-from adaptive_ls.train import CONFIG_DIR, run
+from adaptive_ls.train import run
+from tests.runs import Crash, compose_run, entry_point
 
-TINY = ["data=digits", "model.width=8", "trainer.max_epochs=2", "++trainer.limit_train_batches=3",
-        "trainer.enable_progress_bar=false", "trainer.accelerator=cpu", "test_best=false"]
-
-
-@pytest.fixture
-def wandb_env(tmp_path, monkeypatch):
-    """No credentials, no home-folder writes, no console capture: W&B offline inside tmp_path."""
-    home = tmp_path / "wandb_home"
-    for name in ("WANDB_API_KEY", "WANDB_IDENTITY_TOKEN_FILE", "WANDB_MODE", "WANDB_BASE_URL"):
-        monkeypatch.delenv(name, raising=False)
-    monkeypatch.setenv("NETRC", str(home / "netrc"))  # absent file: no credentials from ~/.netrc
-    for name, sub in (("WANDB_DIR", "dir"), ("WANDB_CONFIG_DIR", "config"), ("WANDB_CACHE_DIR", "cache"),
-                      ("WANDB_DATA_DIR", "data"), ("WANDB_ARTIFACT_DIR", "artifacts"),
-                      ("XDG_CACHE_HOME", "xdg_cache")):  # wandb-core's own debug log goes to the user cache dir
-        monkeypatch.setenv(name, str(home / sub))
-    monkeypatch.setenv("WANDB_SILENT", "true")
-    monkeypatch.setenv("WANDB_CONSOLE", "off")
-    monkeypatch.setenv("WANDB_DISABLE_GIT", "true")
-    return home
-
-
-def compose_job(output_dir: Path, *overrides: str):
-    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
-        return compose("config", overrides=[*TINY, f"paths.output_dir={output_dir}", *overrides])
+# Each job here starts and finishes a W&B run: 3 training batches an epoch keep it short.
+THREE_BATCHES = "++trainer.limit_train_batches=3"
 
 
 # -- mode --------------------------------------------------------------------------------------------------------------
@@ -69,7 +47,7 @@ def test_bad_modes_fail_early_with_the_key_to_change(wandb_env):
 
 def test_job_writes_one_offline_run_with_history_summary_config_and_media(wandb_env, tmp_path):
     out = tmp_path / "job"
-    cfg = compose_job(out, "logger=wandb", "smoothing=fixed", "smoothing.eps=0.2", "noise.rate=0.3",
+    cfg = compose_run(out, THREE_BATCHES, "logger=wandb", "smoothing=fixed", "smoothing.eps=0.2", "noise.rate=0.3",
                       "logger.wandb.tags=[mine]")
     with wandb_logging.wandb_job(cfg):
         results = run(cfg)
@@ -101,11 +79,12 @@ def test_job_writes_one_offline_run_with_history_summary_config_and_media(wandb_
 
 
 def test_failed_job_finishes_its_run_and_the_next_job_gets_a_new_one(wandb_env, tmp_path):
-    bad = compose_job(tmp_path / "bad", "logger=wandb", "data.val_size=100000")  # fails after the run has started
+    # fails after the run has started
+    bad = compose_run(tmp_path / "bad", THREE_BATCHES, "logger=wandb", "data.val_size=100000")
     with pytest.raises(ValueError, match="data.val_size=100000"):
         with wandb_logging.wandb_job(bad):
             run(bad)
-    good = compose_job(tmp_path / "good", "logger=wandb", "trainer.max_epochs=1")
+    good = compose_run(tmp_path / "good", THREE_BATCHES, "logger=wandb", "trainer.max_epochs=1")
     with wandb_logging.wandb_job(good):
         run(good)
 
@@ -121,15 +100,13 @@ def test_failed_job_finishes_its_run_and_the_next_job_gets_a_new_one(wandb_env, 
 
 
 def test_a_resumed_job_logs_into_its_first_run_and_a_refused_one_writes_nothing(wandb_env, tmp_path):
-    from tests.runs import Crash
-
     out = tmp_path / "job"
     crash = ("+callbacks.crash._target_=tests.runs.CrashAt", "+callbacks.crash.epoch=1")
-    first = compose_job(out, "logger=wandb", *crash)
+    first = compose_run(out, THREE_BATCHES, "logger=wandb", *crash)
     with pytest.raises(Crash):
         with wandb_logging.wandb_job(first):
             run(first)
-    resumed = compose_job(out, "logger=wandb")  # the same job re-run in its folder continues from last.ckpt
+    resumed = compose_run(out, THREE_BATCHES, "logger=wandb")  # the same job again, same folder: from last.ckpt
     with wandb_logging.wandb_job(resumed):
         results = run(resumed)
     assert results["resumed_from_epoch"] == 0
@@ -138,7 +115,7 @@ def test_a_resumed_job_logs_into_its_first_run_and_a_refused_one_writes_nothing(
     assert json.loads((out / "results.json").read_text())["wandb/id"] == attempts[0].id
 
     files_before = sorted(p.relative_to(out) for p in out.rglob("*"))
-    again = compose_job(out, "logger=wandb")  # the folder now holds a completed run: refused, left alone
+    again = compose_run(out, THREE_BATCHES, "logger=wandb")  # the folder now holds a completed run: refused, left alone
     with pytest.raises(Exception, match="already holds a completed run"):
         with wandb_logging.wandb_job(again):
             run(again)
@@ -146,7 +123,8 @@ def test_a_resumed_job_logs_into_its_first_run_and_a_refused_one_writes_nothing(
 
 
 def test_disabled_mode_logs_nothing(wandb_env, tmp_path):
-    cfg = compose_job(tmp_path / "job", "logger=wandb", "logger.wandb.mode=disabled", "trainer.max_epochs=1")
+    cfg = compose_run(tmp_path / "job", THREE_BATCHES, "logger=wandb", "logger.wandb.mode=disabled",
+                      "trainer.max_epochs=1")
     with wandb_logging.wandb_job(cfg) as job:
         run(cfg)
     assert job is None
@@ -215,8 +193,6 @@ def test_reader_reassembles_records_split_across_blocks_and_rejects_corruption(t
 
 
 def test_a_bad_wandb_mode_stops_the_job_in_one_line(wandb_env, tmp_path):
-    from tests.runs import entry_point
-
     done = entry_point("logger=wandb", "logger.wandb.mode=sometimes", run_dir=tmp_path / "job")
     assert done.returncode == 2
     assert done.stderr.strip() == "error: logger.wandb.mode='sometimes': allowed are auto, online, offline, disabled"
