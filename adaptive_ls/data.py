@@ -73,6 +73,13 @@ def epoch_permutation(n: int, seed: int, epoch: int) -> Tensor:
     return torch.randperm(n, generator=torch.Generator().manual_seed(seed * 100_003 + epoch))
 
 
+def epoch_shard(n: int, seed: int, epoch: int, rank: int = 0, world_size: int = 1) -> Tensor:
+    """This process's part of :func:`epoch_permutation`: equal contiguous shards, so every process takes the same
+    number of steps (the last ``n % world_size`` samples of the order sit out that epoch)."""
+    per_rank = n // world_size
+    return epoch_permutation(n, seed, epoch)[rank * per_rank:(rank + 1) * per_rank]
+
+
 class EpochSampler(DistributedSampler):
     """The DataLoader path's sampler: :func:`epoch_permutation`'s order (the same as the device loader's), sharded
     between processes like :class:`TensorBatches`. Lightning calls ``set_epoch`` every epoch (so a resumed run sees
@@ -85,8 +92,7 @@ class EpochSampler(DistributedSampler):
         return len(self.dataset) // self.num_replicas
 
     def __iter__(self):
-        per_rank = len(self)
-        order = epoch_permutation(len(self.dataset), self.seed, self.epoch)[self.rank * per_rank:(self.rank + 1) * per_rank]
+        order = epoch_shard(len(self.dataset), self.seed, self.epoch, self.rank, self.num_replicas)
         self.epoch += 1
         return iter(order.tolist())
 
@@ -121,12 +127,9 @@ class TensorBatches:
         n = self.index.shape[0]
         if self.shuffle:
             epoch = self.epoch_fn() if self.epoch_fn is not None else self._epochs_iterated
-            order = epoch_permutation(n, self.seed, epoch)
-        else:
-            order = torch.arange(n)
-        if self.world_size > 1:  # equal shards so every rank takes the same number of steps
-            per_rank = n // self.world_size
-            order = order[self.rank * per_rank:(self.rank + 1) * per_rank] if self.shuffle else order[self.rank::self.world_size]
+            order = epoch_shard(n, self.seed, epoch, self.rank, self.world_size)
+        else:  # evaluation order; under DDP every rank takes every world_size-th sample
+            order = torch.arange(n)[self.rank::self.world_size]
         return order.to(self.index.device, non_blocking=True)
 
     def __len__(self) -> int:

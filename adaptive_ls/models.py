@@ -67,17 +67,13 @@ class DiracConv(nn.Conv2d):
             nn.init.dirac_(self.weight[: min(self.in_channels, self.out_channels)])
 
 
-def _batch_norm(channels: int, momentum: float) -> nn.BatchNorm2d:
-    return nn.BatchNorm2d(channels, momentum=momentum)
-
-
 class FastBlock(nn.Sequential):
     """conv → 2×2 max-pool → BN → GELU → conv → BN → GELU: halves the resolution, as in airbench's ``ConvGroup``."""
 
     def __init__(self, c_in: int, c_out: int, bn_momentum: float):
         super().__init__(
-            DiracConv(c_in, c_out), nn.MaxPool2d(2), _batch_norm(c_out, bn_momentum), nn.GELU(),
-            DiracConv(c_out, c_out), _batch_norm(c_out, bn_momentum), nn.GELU(),
+            DiracConv(c_in, c_out), nn.MaxPool2d(2), nn.BatchNorm2d(c_out, momentum=bn_momentum), nn.GELU(),
+            DiracConv(c_out, c_out), nn.BatchNorm2d(c_out, momentum=bn_momentum), nn.GELU(),
         )
 
 
@@ -109,7 +105,7 @@ def fastnet(
     w1, w2, w3 = (int(w) for w in widths)
     return nn.Sequential(
         nn.Conv2d(in_channels, stem_width, kernel_size=3, padding=1, bias=False),
-        _batch_norm(stem_width, bn_momentum),
+        nn.BatchNorm2d(stem_width, momentum=bn_momentum),
         nn.GELU(),
         FastBlock(stem_width, w1, bn_momentum),
         FastBlock(w1, w2, bn_momentum),

@@ -10,7 +10,7 @@ from matplotlib.axes import Axes
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-__all__ = ["reliability_diagram", "save_figure"]
+__all__ = ["new_figure", "reliability_diagram", "save_figure"]
 
 _REQUIRED_BIN_KEYS = ("bin_lower", "bin_upper", "confidence", "accuracy")
 
@@ -22,7 +22,7 @@ def _to_numpy(x) -> np.ndarray:
     return np.asarray(x, dtype=np.float64)
 
 
-def _new_figure(figsize: tuple[float, float] = (4.0, 4.0)) -> Figure:
+def new_figure(figsize: tuple[float, float] = (4.0, 4.0)) -> Figure:
     """Create a Figure bound to an Agg canvas, independent of pyplot and the global backend."""
     fig = Figure(figsize=figsize)
     FigureCanvasAgg(fig)
@@ -57,7 +57,7 @@ def reliability_diagram(bins: Mapping, ax: Axes | None = None, title: str | None
         raise ValueError(f"count must have shape {lower.shape} like the bin edges, got {count.shape}.")
 
     if ax is None:
-        fig = _new_figure()
+        fig = new_figure()
         ax = fig.add_subplot(1, 1, 1)
     else:
         fig = ax.figure

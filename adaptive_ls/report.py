@@ -341,11 +341,11 @@ def _colors(labels: Sequence[str], policies: Sequence[str]) -> dict[str, str]:
 
 
 def _grid(n_panels: int, width: float = 4.2, height: float = 3.4, max_cols: int = 4):
-    from adaptive_ls.plots import _new_figure
+    from adaptive_ls.plots import new_figure
 
     cols = min(n_panels, max_cols)
     rows = -(-n_panels // cols)
-    fig = _new_figure((width * cols, height * rows + 0.4))
+    fig = new_figure((width * cols, height * rows + 0.4))
     axes = [fig.add_subplot(rows, cols, i + 1) for i in range(n_panels)]
     return fig, axes
 

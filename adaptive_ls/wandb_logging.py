@@ -297,12 +297,12 @@ def transition_figure(matrix, class_names: Optional[list[str]] = None):
     """Heatmap of P(noisy label = column | true label = row), each cell annotated."""
     import numpy as np
 
-    from adaptive_ls.plots import _new_figure
+    from adaptive_ls.plots import new_figure
 
     matrix = np.asarray(matrix, dtype=float)
     k = matrix.shape[0]
     names = class_names if class_names and len(class_names) == k else [str(i) for i in range(k)]
-    fig = _new_figure((0.55 * k + 2.5, 0.55 * k + 1.8))
+    fig = new_figure((0.55 * k + 2.5, 0.55 * k + 1.8))
     ax = fig.add_subplot(1, 1, 1)
     image = ax.imshow(matrix, vmin=0.0, vmax=1.0, cmap="Blues")
     for i in range(k):
@@ -445,6 +445,14 @@ def _pop(target: dict, item) -> None:
     target.pop(keys[-1], None)
 
 
+def _apply_changes(target: dict, record) -> None:
+    """A config or summary record: its updates (JSON values) and removals, applied to ``target``."""
+    for item in record.update:
+        _put(target, item, json.loads(item.value_json))
+    for item in record.remove:
+        _pop(target, item)
+
+
 def _history_value(item):
     if item.value_json:
         return json.loads(item.value_json)
@@ -487,20 +495,14 @@ def _read_records(path: Path) -> OfflineRun:
             for item in r.config.update:
                 _put(run.config, item, json.loads(item.value_json))
         elif kind == "config":
-            for item in record.config.update:
-                _put(run.config, item, json.loads(item.value_json))
-            for item in record.config.remove:
-                _pop(run.config, item)
+            _apply_changes(run.config, record.config)
         elif kind == "history":
             row: dict[str, Any] = {}
             for item in record.history.item:
                 _put(row, item, _history_value(item))
             run.history.append(row)
         elif kind == "summary":
-            for item in record.summary.update:
-                _put(run.summary, item, json.loads(item.value_json))
-            for item in record.summary.remove:
-                _pop(run.summary, item)
+            _apply_changes(run.summary, record.summary)
         elif kind == "files":
             run.files.extend(f.path for f in record.files.files)
         elif kind == "exit":
