@@ -195,6 +195,17 @@ def write_json(path: Path, payload: dict) -> None:
     tmp.replace(path)
 
 
+def update_json(path: Path, updates: dict) -> None:
+    """Merge ``updates`` into the JSON file at ``path``, keeping its other keys (a missing or unreadable file starts
+    empty)."""
+    try:
+        payload = json.loads(path.read_text()) if path.is_file() else {}
+    except ValueError:
+        payload = {}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_json(path, {**payload, **updates})
+
+
 def build_callbacks(cfg: DictConfig, output_dir: Path, has_val: bool, labels_hash: str,
                     datamodule=None) -> dict[str, pl.Callback]:
     """The run's callbacks by name: checkpoints (``last`` every epoch, ``best`` by val/acc), noise diagnostics,
@@ -360,15 +371,9 @@ def record_failure(cfg: DictConfig, error: BaseException) -> None:
     Not for an OutputDirError: that folder belongs to another run, and its results.json stays as it is."""
     if isinstance(error, OutputDirError) or not is_global_zero():
         return
-    path = Path(cfg.paths.output_dir) / "results.json"
-    try:
-        results = json.loads(path.read_text()) if path.is_file() else {}
-    except ValueError:
-        results = {}
-    results.update({"status": "failed", "error": f"{type(error).__name__}: {error}", "seed": cfg.get("seed"),
-                    "noise_seed": cfg.get("noise_seed")})
-    path.parent.mkdir(parents=True, exist_ok=True)
-    write_json(path, results)
+    update_json(Path(cfg.paths.output_dir) / "results.json",
+                {"status": "failed", "error": f"{type(error).__name__}: {error}", "seed": cfg.get("seed"),
+                 "noise_seed": cfg.get("noise_seed")})
 
 
 # Failures with a message that says what to do: shown as one line (no traceback unless HYDRA_FULL_ERROR=1).

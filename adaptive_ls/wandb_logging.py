@@ -349,16 +349,12 @@ def _reliability_media(path: Path, output_dir: Path) -> dict[str, Any]:
 def _add_to_results(path: Path, info: dict[str, Any], failed_status: Optional[str]) -> None:
     """Record where the W&B run is in results.json (the report finds the sweep's group there). A job that failed
     before writing results.json gets one with its status, which train.record_failure then completes."""
-    from adaptive_ls.train import write_json
+    from adaptive_ls.train import update_json
 
     if path.is_file():
-        results = json.loads(path.read_text())
+        update_json(path, info)
     elif failed_status is not None:
-        results = {"status": failed_status}
-    else:
-        return
-    results.update(info)
-    write_json(path, results)
+        update_json(path, {"status": failed_status, **info})
 
 
 # ---------------------------------------------------------------------------------------------------------------------
