@@ -356,6 +356,11 @@ class NoisyLabelDataModule(pl.LightningDataModule):
         mean, std = self._on_device("mean", self._mean, images.device), self._on_device("std", self._std, images.device)
         return normalize(images, mean, std), labels, index
 
+    def train_sample(self, n: int) -> Tensor:
+        """The first ``n`` training-split images, normalised and not augmented: for layers set from data."""
+        images = self.train_images[self.train_index[:n]]
+        return normalize(images, self._mean, self._std)
+
     def on_after_batch_transfer(self, batch, dataloader_idx: int):
         trainer = getattr(self, "trainer", None)
         return self.prepare_batch(batch, augment=trainer is not None and trainer.training)

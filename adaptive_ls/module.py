@@ -35,6 +35,32 @@ def cosine_schedule(optimizer: torch.optim.Optimizer, total_steps: int, warmup_f
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
+EVAL_TTA = ("none", "hflip")
+DATA_INIT_IMAGES = 5000  # training images shown to layers that set themselves from data (airbench's whitening: 5,000)
+
+
+def parameter_groups(net: nn.Module, optimizer_factory: Callable, norm_bias_lr_scale: float) -> list[dict]:
+    """The trainable parameters, with normalisation-layer shifts (BatchNorm β) in a group of their own whose learning
+    rate is ``norm_bias_lr_scale`` × the optimizer's and weight decay ÷ it, so their decay per step is unchanged.
+
+    airbench trains β 64× faster: with γ frozen and a 1/9-scaled head, the shifts otherwise barely move in a short run.
+    """
+    trainable = [(name, p) for name, p in net.named_parameters() if p.requires_grad]
+    if norm_bias_lr_scale == 1.0:
+        return [{"params": [p for _, p in trainable]}]
+    defaults = getattr(optimizer_factory, "keywords", {})
+    if "lr" not in defaults:
+        raise ValueError(f"norm_bias_lr_scale={norm_bias_lr_scale} needs the optimizer's lr: give optimizer.lr "
+                         "(a Hydra partial with _partial_: true), or set norm_bias_lr_scale=1")
+    norm_biases = {id(m.bias) for m in net.modules()
+                   if isinstance(m, nn.modules.batchnorm._NormBase) and m.bias is not None}
+    shifts = [p for _, p in trainable if id(p) in norm_biases]
+    others = [p for _, p in trainable if id(p) not in norm_biases]
+    shift_group = {"params": shifts, "lr": defaults["lr"] * norm_bias_lr_scale,
+                   "weight_decay": defaults.get("weight_decay", 0.0) / norm_bias_lr_scale}
+    return [{"params": others}, shift_group]
+
+
 def _mean() -> MeanMetric:
     return MeanMetric(nan_strategy="disable")  # the default NaN check reads the value on the host every step
 
@@ -54,6 +80,13 @@ class LabelSmoothingClassifier(pl.LightningModule):
             (oneDNN) convolve fastest.
         compile: ``torch.compile`` the network in place (``nn.Module.compile``), so checkpoints keep their keys and
             load into an uncompiled module; the first steps pay for the compilation.
+        norm_bias_lr_scale: learning-rate multiplier for BatchNorm shifts (:func:`parameter_groups`); 1 = none.
+        eval_tta: ``"hflip"`` averages the logits of each validation/test image and its mirror image (test-time
+            augmentation); ``"none"`` evaluates the images as they are.
+
+    Layers of ``net`` that set themselves from data (a method ``init_from_data(images)``, e.g. fastnet's
+    :class:`~adaptive_ls.models.PatchWhitening`) see the first 5,000 normalised training images before fitting; a
+    resumed run then restores the trained weights over them.
     """
 
     def __init__(
@@ -67,6 +100,8 @@ class LabelSmoothingClassifier(pl.LightningModule):
         ece_bins: int = 15,
         channels_last: bool = True,
         compile: bool = False,
+        norm_bias_lr_scale: float = 1.0,
+        eval_tta: str = "none",
     ):
         super().__init__()
         if scheduler_interval not in ("step", "epoch"):
@@ -75,6 +110,10 @@ class LabelSmoothingClassifier(pl.LightningModule):
             raise ValueError(f"channels_last={channels_last!r}: allowed are true, false")
         if not isinstance(compile, bool):
             raise ValueError(f"compile={compile!r}: allowed are true, false")
+        if not norm_bias_lr_scale > 0:
+            raise ValueError(f"norm_bias_lr_scale={norm_bias_lr_scale}: allowed is a positive number (1 = no change)")
+        if eval_tta not in EVAL_TTA:
+            raise ValueError(f"eval_tta={eval_tta!r}: allowed are {', '.join(EVAL_TTA)}")
         self.save_hyperparameters(ignore=["net", "smoothing", "optimizer", "scheduler"])
         self.net = net
         self.smoothing = smoothing if smoothing is not None else NoSmoothing()
@@ -83,6 +122,7 @@ class LabelSmoothingClassifier(pl.LightningModule):
         self.scheduler_factory = scheduler
         self.num_classes, self.scheduler_interval, self.ece_bins = num_classes, scheduler_interval, ece_bins
         self.channels_last, self.compile_net = channels_last, compile
+        self.norm_bias_lr_scale, self.eval_tta = float(norm_bias_lr_scale), eval_tta
         self._memory_format = torch.contiguous_format  # applied in setup()
         accuracy = partial(MulticlassAccuracy, num_classes=num_classes, average="micro", validate_args=False)
         self.train_loss, self.train_acc = _mean(), accuracy()
@@ -110,7 +150,21 @@ class LabelSmoothingClassifier(pl.LightningModule):
         # DDP would broadcast every buffer from rank 0 at each step; the policy keeps its per-sample memories equal
         # on all ranks itself (SmoothingPolicy._gather), so spare it the [N, K] broadcast.
         self._ddp_params_and_buffers_to_ignore = [f"smoothing.{name}" for name, _ in self.smoothing.named_buffers()]
+        if stage == "fit":
+            self.init_from_data(datamodule)
         self.set_speed_options()
+
+    def init_from_data(self, datamodule) -> None:
+        """Show the first training images to the net's layers that set themselves from data (before any step)."""
+        layers = [m for m in self.net.modules() if callable(getattr(m, "init_from_data", None))]
+        if layers:
+            if not callable(getattr(datamodule, "train_sample", None)):
+                raise ValueError(f"the net's {type(layers[0]).__name__} layer is set from training images before "
+                                 "fitting: fit with a data module that has train_sample(n) (adaptive_ls.data), "
+                                 "or use model.stem=conv")
+            images = datamodule.train_sample(DATA_INIT_IMAGES)
+            for layer in layers:
+                layer.init_from_data(images.to(next(layer.parameters()).device))
 
     def set_speed_options(self) -> None:
         """Apply ``channels_last`` and ``compile`` to the net (idempotent; before the first step)."""
@@ -162,9 +216,16 @@ class LabelSmoothingClassifier(pl.LightningModule):
 
     # -- evaluation ---------------------------------------------------------------------------------------------------
 
+    def eval_logits(self, images: Tensor) -> Tensor:
+        """Logits for evaluation: of the images, or (``eval_tta="hflip"``) averaged with their mirror images'."""
+        logits = self(images)
+        if self.eval_tta == "hflip":
+            logits = 0.5 * (logits + self(images.flip(-1)))
+        return logits
+
     def validation_step(self, batch, batch_idx: int) -> None:
         images, targets, _ = batch
-        logits = self(images)
+        logits = self.eval_logits(images)
         self.val_nll.update(F.cross_entropy(logits.float(), targets, reduction="none"))
         self.val_acc.update(logits, targets)
         self._eval_outputs["val"].append((logits.detach().float(), targets))
@@ -181,7 +242,7 @@ class LabelSmoothingClassifier(pl.LightningModule):
 
     def test_step(self, batch, batch_idx: int) -> None:
         images, targets, _ = batch
-        self._eval_outputs["test"].append((self(images).detach().float(), targets))
+        self._eval_outputs["test"].append((self.eval_logits(images).detach().float(), targets))
 
     def on_test_epoch_end(self) -> None:
         logits, targets = self._collect("test")
@@ -203,7 +264,8 @@ class LabelSmoothingClassifier(pl.LightningModule):
     # -- optimisation -------------------------------------------------------------------------------------------------
 
     def configure_optimizers(self):
-        optimizer = self.optimizer_factory(params=self.parameters())
+        optimizer = self.optimizer_factory(params=parameter_groups(self, self.optimizer_factory,
+                                                                   self.norm_bias_lr_scale))
         if self.scheduler_factory is None:
             return optimizer
         if "total_steps" in inspect.signature(self.scheduler_factory).parameters:

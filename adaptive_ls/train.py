@@ -357,7 +357,9 @@ def _build_module(cfg: DictConfig, net, policy, num_classes: int):
     optimizer = hydra.utils.instantiate(cfg.optimizer) if cfg.get("optimizer") else None
     scheduler = hydra.utils.instantiate(cfg.scheduler) if cfg.get("scheduler") else None
     return LabelSmoothingClassifier(net, policy, optimizer, scheduler, num_classes=num_classes,
-                                    channels_last=cfg.get("channels_last", True), compile=cfg.get("compile", False))
+                                    channels_last=cfg.get("channels_last", True), compile=cfg.get("compile", False),
+                                    norm_bias_lr_scale=cfg.get("norm_bias_lr_scale", 1.0),
+                                    eval_tta=cfg.get("eval_tta", "none"))
 
 
 # adaptive_ls/conf: in a checkout a link to the top-level conf/, in a wheel a copy. Absolute, so the console

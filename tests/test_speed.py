@@ -17,10 +17,11 @@ import torch.nn.functional as F
 import adaptive_ls  # noqa: F401  (registers the config resolvers)
 from adaptive_ls import speed
 from adaptive_ls.data import DigitsDataModule
-from adaptive_ls.models import fastnet, small_cnn
-from adaptive_ls.module import LabelSmoothingClassifier
+from adaptive_ls.data import CIFAR10DataModule
+from adaptive_ls.models import PatchWhitening, fastnet, small_cnn
+from adaptive_ls.module import LabelSmoothingClassifier, parameter_groups
 from adaptive_ls.smoothing import AdaptiveSmoothing, FixedSmoothing
-from tests.runs import REPO_ROOT, compose
+from tests.runs import REPO_ROOT, compose, run_in
 
 
 # -- fastnet ----------------------------------------------------------------------------------------------------------
@@ -58,6 +59,80 @@ def test_fastnet_config_instantiates():
     cfg = compose("model=fastnet")
     net = hydra.utils.instantiate(cfg.model, num_classes=10, in_channels=3)
     assert net(torch.randn(2, 3, 32, 32)).shape == (2, 10)
+
+
+def test_fastnet_rejects_an_unknown_stem_naming_the_key():
+    with pytest.raises(ValueError, match=r"model\.stem='whitening': allowed are conv, whiten"):
+        fastnet(stem="whitening")
+
+
+def test_patch_whitening_gives_patches_unit_covariance_and_is_frozen():
+    torch.manual_seed(0)
+    base = torch.randn(200, 3, 16, 16)
+    images = base + 0.8 * base.roll(1, dims=-1) + 0.5 * base.roll(1, dims=1)  # pixels and channels correlated
+    layer = PatchWhitening(3, eps=0.0)
+    layer.init_from_data(images)
+    out = layer(images)
+    assert out.shape == (200, 24, 15, 15) and not layer.weight.requires_grad and not layer.bias.any()
+    whitened = out[:, :12].permute(0, 2, 3, 1).reshape(-1, 12)
+    torch.testing.assert_close(whitened.T @ whitened / whitened.shape[0], torch.eye(12), atol=2e-3, rtol=0)
+    torch.testing.assert_close(out[:, 12:], -out[:, :12])  # both signs, so the GELU after it loses nothing
+
+
+def test_bn_scale_false_freezes_every_batchnorm_scale():
+    net = fastnet(bn_scale=False)
+    norms = [m for m in net.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    assert norms and all(not m.weight.requires_grad and m.bias.requires_grad for m in norms)
+
+
+def test_parameter_groups_scale_batchnorm_shifts_and_keep_their_decay_per_step():
+    net = fastnet(stem="whiten", bn_scale=False, widths=(8, 16, 16))
+    sgd = partial(torch.optim.SGD, lr=1.5, momentum=0.85, weight_decay=1.33e-3)
+    others, shifts = parameter_groups(net, sgd, 64.0)
+    norm_biases = [m.bias for m in net.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    assert {id(p) for p in shifts["params"]} == {id(p) for p in norm_biases}
+    assert shifts["lr"] == pytest.approx(96.0) and shifts["lr"] * shifts["weight_decay"] == pytest.approx(1.5 * 1.33e-3)
+    trainable = {id(p) for p in net.parameters() if p.requires_grad}
+    assert {id(p) for p in others["params"]} == trainable - {id(p) for p in norm_biases}
+    assert id(net[0].weight) not in trainable  # the frozen whitening filters are in no group
+    assert len(parameter_groups(net, sgd, 1.0)) == 1
+    with pytest.raises(ValueError, match=r"norm_bias_lr_scale=64.*optimizer\.lr"):
+        parameter_groups(net, lambda params: torch.optim.SGD(params, lr=0.1), 64.0)
+
+
+def test_hflip_tta_averages_the_logits_of_each_image_and_its_mirror():
+    torch.manual_seed(0)
+    module = LabelSmoothingClassifier(small_cnn(width=8), eval_tta="hflip").eval()
+    images = torch.randn(4, 3, 8, 8)
+    with torch.no_grad():
+        expected = 0.5 * (module.net(images) + module.net(images.flip(-1)))
+        torch.testing.assert_close(module.eval_logits(images), expected)
+    with pytest.raises(ValueError, match=r"eval_tta='flip': allowed are none, hflip"):
+        LabelSmoothingClassifier(small_cnn(width=8), eval_tta="flip")
+    with pytest.raises(ValueError, match=r"norm_bias_lr_scale=0"):
+        LabelSmoothingClassifier(small_cnn(width=8), norm_bias_lr_scale=0)
+
+
+def test_fastnet_experiment_sets_whitening_from_training_images_and_scales_shift_lr(tmp_path, tiny_cifar10):
+    run_in(tmp_path / "run", "experiment=fastnet_cifar10", f"data.root={tiny_cifar10.root}", "data.verify=false",
+           "data.val_size=20", "data.batch_size=16", "model.widths=[8,16,16]", "trainer.max_epochs=1",
+           "test_best=false", preset=("trainer.accelerator=cpu", "trainer.enable_progress_bar=false"))
+    checkpoint = torch.load(tmp_path / "run" / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    with pytest.warns(UserWarning):  # the tiny copy fails torchvision's checksums: loaded with a warning
+        datamodule = CIFAR10DataModule(root=str(tiny_cifar10.root), verify=False, val_size=20)
+        datamodule.setup("fit")
+    expected = PatchWhitening(3)
+    expected.init_from_data(datamodule.train_sample(5000))  # the 80 training images of the noise seed's split
+    torch.testing.assert_close(checkpoint["state_dict"]["net.0.weight"], expected.weight)  # set from data, frozen
+    groups = checkpoint["optimizer_states"][0]["param_groups"]
+    assert [g["initial_lr"] for g in groups] == pytest.approx([1.5, 96.0])
+    assert [g["weight_decay"] for g in groups] == pytest.approx([1.33e-3, 1.33e-3 / 64])
+
+
+def test_a_net_set_from_data_needs_a_data_module_that_gives_training_images():
+    module = LabelSmoothingClassifier(fastnet(stem="whiten", widths=(8, 16, 16)))
+    with pytest.raises(ValueError, match=r"PatchWhitening.*train_sample.*model\.stem=conv"):
+        module.init_from_data(None)  # e.g. trainer.fit(module, train_dataloaders=...)
 
 
 # -- channels_last and compile ----------------------------------------------------------------------------------------
