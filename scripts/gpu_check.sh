@@ -115,6 +115,12 @@ print(f"test/acc {r.get('test/acc'):.4f}  test/acc_at_best_val {r.get('test/acc_
       f"test/ece {r.get('test/ece'):.4f}  epochs {len(r.get('history', []))}  wall {r.get('wall_time_s'):.1f} s")
 EOF
   merge_json
+  if [ "$SMOKE" = 1 ]; then say "(airbench reference skipped: the smoke data is smaller than its batch)"; else
+    say "airbench94 reference on the same data (scripts/airbench_reference.py, 9.9 epochs):"
+    timeout 120 python3 scripts/airbench_reference.py --data "$DATA" --json "$WORK/json/airbench_reference.json" \
+        2>&1 | grep "test accuracy" | tee -a "$SUMMARY"
+    merge_json
+  fi
 fi
 
 # -- 5. if time is left: a whole quickstart sweep, sequential vs joblib; then torch.compile -------------------------
