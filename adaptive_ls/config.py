@@ -18,6 +18,8 @@ from typing import Any, Iterator, Optional
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
+from adaptive_ls.module import EVAL_TTA
+
 # Settings that may differ between an interrupted run and its continuation: they decide where things are written,
 # what is recorded and watched, not what is computed. Any other difference refuses the resume (see plan_resume).
 RESUME_MAY_CHANGE = (
@@ -112,6 +114,10 @@ def validate_config(cfg: DictConfig) -> None:
     _check_choice("resume", cfg.get("resume", "auto"), RESUME_CHOICES)
     _check_int("seed", cfg.get("seed"), 0)
     _check_int("noise_seed", cfg.get("noise_seed"), 0)
+    _check_choice("eval_tta", cfg.get("eval_tta", "none"), EVAL_TTA)
+    scale = cfg.get("norm_bias_lr_scale", 1.0)
+    if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not scale > 0:
+        raise ConfigError(f"norm_bias_lr_scale={scale!r}: allowed is a positive number (1 = no change)")
     metric = cfg.get("optimized_metric")
     if metric is not None and not str(metric).startswith(("val/", "train/")):
         raise ConfigError(f"optimized_metric={metric!r}: allowed is a val/ or train/ metric "

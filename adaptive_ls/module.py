@@ -39,23 +39,23 @@ EVAL_TTA = ("none", "hflip")
 DATA_INIT_IMAGES = 5000  # training images shown to layers that set themselves from data (airbench's whitening: 5,000)
 
 
-def parameter_groups(net: nn.Module, optimizer_factory: Callable, norm_bias_lr_scale: float) -> list[dict]:
+def parameter_groups(module: nn.Module, optimizer_factory: Callable, norm_bias_lr_scale: float) -> list[dict]:
     """The trainable parameters, with normalisation-layer shifts (BatchNorm β) in a group of their own whose learning
     rate is ``norm_bias_lr_scale`` × the optimizer's and weight decay ÷ it, so their decay per step is unchanged.
 
     airbench trains β 64× faster: with γ frozen and a 1/9-scaled head, the shifts otherwise barely move in a short run.
     """
-    trainable = [(name, p) for name, p in net.named_parameters() if p.requires_grad]
+    trainable = [p for p in module.parameters() if p.requires_grad]
     if norm_bias_lr_scale == 1.0:
-        return [{"params": [p for _, p in trainable]}]
+        return [{"params": trainable}]
     defaults = getattr(optimizer_factory, "keywords", {})
     if "lr" not in defaults:
         raise ValueError(f"norm_bias_lr_scale={norm_bias_lr_scale} needs the optimizer's lr: give optimizer.lr "
                          "(a Hydra partial with _partial_: true), or set norm_bias_lr_scale=1")
-    norm_biases = {id(m.bias) for m in net.modules()
+    norm_biases = {id(m.bias) for m in module.modules()
                    if isinstance(m, nn.modules.batchnorm._NormBase) and m.bias is not None}
-    shifts = [p for _, p in trainable if id(p) in norm_biases]
-    others = [p for _, p in trainable if id(p) not in norm_biases]
+    shifts = [p for p in trainable if id(p) in norm_biases]
+    others = [p for p in trainable if id(p) not in norm_biases]
     shift_group = {"params": shifts, "lr": defaults["lr"] * norm_bias_lr_scale,
                    "weight_decay": defaults.get("weight_decay", 0.0) / norm_bias_lr_scale}
     return [{"params": others}, shift_group]

@@ -36,6 +36,8 @@ NO_DATA_NEEDED = [
     (["data.val_size=-1"], ["data.val_size=-1", "integer >= 0"]),
     (["resume=maybe"], ["resume='maybe'", "auto, true, false"]),
     (["seed=-1"], ["seed=-1", "integer >= 0"]),
+    (["eval_tta=flip"], ["eval_tta='flip'", "none, hflip"]),
+    (["norm_bias_lr_scale=0"], ["norm_bias_lr_scale=0", "positive number"]),
     (["optimized_metric=test/acc"], ["optimized_metric='test/acc'", "val/"]),
     (["trainer.max_epochs=0"], ["trainer.max_epochs=0", "integer >= 1"]),
 ]
