@@ -18,7 +18,7 @@ from typing import Any, Iterator, Optional
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
-from adaptive_ls.module import EVAL_TTA
+from adaptive_ls.module import check_module_options
 
 # Settings that may differ between an interrupted run and its continuation: they decide where things are written,
 # what is recorded and watched, not what is computed. Any other difference refuses the resume (see plan_resume).
@@ -104,6 +104,12 @@ def instantiate_datamodule(cfg: DictConfig):
                                    noise_seed=cfg.noise_seed, seed=cfg.seed)
 
 
+def module_options(cfg: DictConfig) -> dict[str, Any]:
+    """The top-level keys that configure :class:`~adaptive_ls.module.LabelSmoothingClassifier`, with its defaults."""
+    return {"channels_last": cfg.get("channels_last", True), "compile": cfg.get("compile", False),
+            "norm_bias_lr_scale": cfg.get("norm_bias_lr_scale", 1.0), "eval_tta": cfg.get("eval_tta", "none")}
+
+
 def validate_config(cfg: DictConfig) -> None:
     """Run every check that needs no data; raise :class:`ConfigError` on the first bad setting.
 
@@ -114,10 +120,8 @@ def validate_config(cfg: DictConfig) -> None:
     _check_choice("resume", cfg.get("resume", "auto"), RESUME_CHOICES)
     _check_int("seed", cfg.get("seed"), 0)
     _check_int("noise_seed", cfg.get("noise_seed"), 0)
-    _check_choice("eval_tta", cfg.get("eval_tta", "none"), EVAL_TTA)
-    scale = cfg.get("norm_bias_lr_scale", 1.0)
-    if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not scale > 0:
-        raise ConfigError(f"norm_bias_lr_scale={scale!r}: allowed is a positive number (1 = no change)")
+    with config_errors():
+        check_module_options(**module_options(cfg))  # channels_last, compile, norm_bias_lr_scale, eval_tta
     metric = cfg.get("optimized_metric")
     if metric is not None and not str(metric).startswith(("val/", "train/")):
         raise ConfigError(f"optimized_metric={metric!r}: allowed is a val/ or train/ metric "

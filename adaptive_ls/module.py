@@ -39,6 +39,21 @@ EVAL_TTA = ("none", "hflip")
 DATA_INIT_IMAGES = 5000  # training images shown to layers that set themselves from data (airbench's whitening: 5,000)
 
 
+def check_module_options(channels_last: bool = True, compile: bool = False, norm_bias_lr_scale: float = 1.0,
+                         eval_tta: str = "none") -> None:
+    """The module's speed and evaluation options; a ValueError naming the config key. Also run before any data is
+    loaded (:func:`adaptive_ls.config.validate_config`)."""
+    if not isinstance(channels_last, bool):
+        raise ValueError(f"channels_last={channels_last!r}: allowed are true, false")
+    if not isinstance(compile, bool):
+        raise ValueError(f"compile={compile!r}: allowed are true, false")
+    if isinstance(norm_bias_lr_scale, bool) or not isinstance(norm_bias_lr_scale, (int, float)) \
+            or not norm_bias_lr_scale > 0:
+        raise ValueError(f"norm_bias_lr_scale={norm_bias_lr_scale!r}: allowed is a positive number (1 = no change)")
+    if eval_tta not in EVAL_TTA:
+        raise ValueError(f"eval_tta={eval_tta!r}: allowed are {', '.join(EVAL_TTA)}")
+
+
 def parameter_groups(module: nn.Module, optimizer_factory: Callable, norm_bias_lr_scale: float) -> list[dict]:
     """The trainable parameters, with normalisation-layer shifts (BatchNorm β) in a group of their own whose learning
     rate is ``norm_bias_lr_scale`` × the optimizer's and weight decay ÷ it, so their decay per step is unchanged.
@@ -106,14 +121,7 @@ class LabelSmoothingClassifier(pl.LightningModule):
         super().__init__()
         if scheduler_interval not in ("step", "epoch"):
             raise ValueError(f"scheduler_interval={scheduler_interval!r}: allowed are 'step', 'epoch'")
-        if not isinstance(channels_last, bool):
-            raise ValueError(f"channels_last={channels_last!r}: allowed are true, false")
-        if not isinstance(compile, bool):
-            raise ValueError(f"compile={compile!r}: allowed are true, false")
-        if not norm_bias_lr_scale > 0:
-            raise ValueError(f"norm_bias_lr_scale={norm_bias_lr_scale}: allowed is a positive number (1 = no change)")
-        if eval_tta not in EVAL_TTA:
-            raise ValueError(f"eval_tta={eval_tta!r}: allowed are {', '.join(EVAL_TTA)}")
+        check_module_options(channels_last, compile, norm_bias_lr_scale, eval_tta)
         self.save_hyperparameters(ignore=["net", "smoothing", "optimizer", "scheduler"])
         self.net = net
         self.smoothing = smoothing if smoothing is not None else NoSmoothing()

@@ -37,6 +37,7 @@ from adaptive_ls.config import (
     check_resumed_labels,
     config_errors,
     instantiate_datamodule,
+    module_options,
     plan_resume,
     validate_config,
 )
@@ -356,10 +357,7 @@ def _build_module(cfg: DictConfig, net, policy, num_classes: int):
 
     optimizer = hydra.utils.instantiate(cfg.optimizer) if cfg.get("optimizer") else None
     scheduler = hydra.utils.instantiate(cfg.scheduler) if cfg.get("scheduler") else None
-    return LabelSmoothingClassifier(net, policy, optimizer, scheduler, num_classes=num_classes,
-                                    channels_last=cfg.get("channels_last", True), compile=cfg.get("compile", False),
-                                    norm_bias_lr_scale=cfg.get("norm_bias_lr_scale", 1.0),
-                                    eval_tta=cfg.get("eval_tta", "none"))
+    return LabelSmoothingClassifier(net, policy, optimizer, scheduler, num_classes=num_classes, **module_options(cfg))
 
 
 # adaptive_ls/conf: in a checkout a link to the top-level conf/, in a wheel a copy. Absolute, so the console
