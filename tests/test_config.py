@@ -114,6 +114,7 @@ def test_entry_point_reports_a_bad_setting_in_one_line(tmp_path):
         "ε = 1 would discard the label entirely)"]
     results = json.loads((run_dir / "results.json").read_text())
     assert results["status"] == "failed" and results["error"].startswith("ConfigError: smoothing.eps=1.5")
+    assert not math.isnan(results["seed"])  # the failure record still says which run it was
     assert not (run_dir / "noisy_labels.npy").exists()  # nothing was loaded
 
 

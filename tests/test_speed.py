@@ -12,12 +12,10 @@ from functools import partial
 import pytest
 import pytorch_lightning as pl
 import torch
-import torch.nn.functional as F
 
 import adaptive_ls  # noqa: F401  (registers the config resolvers)
 from adaptive_ls import speed
-from adaptive_ls.data import DigitsDataModule
-from adaptive_ls.data import CIFAR10DataModule
+from adaptive_ls.data import CIFAR10DataModule, DigitsDataModule
 from adaptive_ls.models import PatchWhitening, fastnet, small_cnn
 from adaptive_ls.module import LabelSmoothingClassifier, parameter_groups
 from adaptive_ls.smoothing import AdaptiveSmoothing, FixedSmoothing
@@ -267,7 +265,7 @@ def test_device_batches_and_augmentation_are_reproducible_from_the_seed():
         images, labels, index = next(iter(dm.train_dataloader()))
         return dm.augment(images), index
 
-    (a, ia), (b, ib), (c, ic) = first_batch(0), first_batch(0), first_batch(1)
+    (a, ia), (b, ib), (_, ic) = first_batch(0), first_batch(0), first_batch(1)
     assert torch.equal(a, b) and torch.equal(ia, ib)
     assert not torch.equal(ia, ic)
 
