@@ -110,8 +110,9 @@ def module_options(cfg: DictConfig) -> dict[str, Any]:
             "norm_bias_lr_scale": cfg.get("norm_bias_lr_scale", 1.0), "eval_tta": cfg.get("eval_tta", "none")}
 
 
-def validate_config(cfg: DictConfig) -> None:
-    """Run every check that needs no data; raise :class:`ConfigError` on the first bad setting.
+def validate_config(cfg: DictConfig) -> tuple[Any, Any]:
+    """Run every check that needs no data; raise :class:`ConfigError` on the first bad setting. Returns the smoothing
+    policy and the data module it built to check them (nothing loaded yet), for the run to use.
 
     Checks that need the data (the dataset is present and intact, a label file matches it, the validation split
     fits in the training set) run when it is loaded, right after this and before the model is built: ``run`` wraps
@@ -127,13 +128,14 @@ def validate_config(cfg: DictConfig) -> None:
         raise ConfigError(f"optimized_metric={metric!r}: allowed is a val/ or train/ metric "
                           f"(never tune on the test set)")
     with config_errors("smoothing"):
-        hydra.utils.instantiate(cfg.smoothing)  # the policy's constructor checks ε, schedules, signals
+        policy = hydra.utils.instantiate(cfg.smoothing)  # the policy's constructor checks ε, schedules, signals
     with config_errors("data"):
-        instantiate_datamodule(cfg)  # batch sizes, split sizes, loader, and the noise (kind, rate, class map)
+        datamodule = instantiate_datamodule(cfg)  # batch and split sizes, loader, the noise (kind, rate, class map)
     trainer = cfg.get("trainer") or {}
     if trainer.get("max_epochs") is not None:
         _check_int("trainer.max_epochs", trainer.max_epochs, 1)
     _check_process_launch(trainer)
+    return policy, datamodule
 
 
 def _check_process_launch(trainer: DictConfig) -> None:

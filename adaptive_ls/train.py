@@ -36,7 +36,6 @@ from adaptive_ls.config import (
     RunCompleted,
     check_resumed_labels,
     config_errors,
-    instantiate_datamodule,
     module_options,
     plan_resume,
     validate_config,
@@ -105,31 +104,27 @@ class NonFiniteLossGuard(pl.Callback):
     runs in vain. Under DDP the flags are combined over all processes, so all of them stop together.
     """
 
+    NONE = torch.iinfo(torch.long).max  # no non-finite batch yet: the identity of the "min" that combines processes
+
     def __init__(self):
         self._first_bad: Optional[torch.Tensor] = None
 
     def on_train_epoch_start(self, trainer, pl_module):
-        self._first_bad = torch.full((), -1, dtype=torch.long, device=pl_module.device)
+        self._first_bad = torch.full((), self.NONE, dtype=torch.long, device=pl_module.device)
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
         loss = outputs["loss"] if isinstance(outputs, dict) else outputs
         if self._first_bad is None or not isinstance(loss, torch.Tensor):
             return
         bad = ~torch.isfinite(loss.detach()).all()
-        self._first_bad = torch.where(bad & (self._first_bad < 0), batch_idx, self._first_bad)
+        self._first_bad = torch.where(bad & (self._first_bad == self.NONE), batch_idx, self._first_bad)
 
     def on_train_epoch_end(self, trainer, pl_module):
         if self._first_bad is None:
             return
-        first_bad = self._first_bad.clone()
-        if trainer.world_size > 1:  # the earliest bad batch of any process (-1: none)
-            import torch.distributed as dist
-
-            first_bad = torch.where(first_bad < 0, torch.iinfo(torch.long).max, first_bad)
-            dist.all_reduce(first_bad, op=dist.ReduceOp.MIN)
-            first_bad = torch.where(first_bad == torch.iinfo(torch.long).max, -1, first_bad)
-        batch = int(first_bad)  # the one host sync, once per epoch
-        if batch >= 0:
+        # the earliest bad batch of any process (one device: the flag itself); the one host sync, once per epoch
+        batch = int(trainer.strategy.reduce(self._first_bad, reduce_op="min"))
+        if batch != self.NONE:
             peak = sorted({g.get("initial_lr", g["lr"]) for opt in trainer.optimizers for g in opt.param_groups})
             kept = "; checkpoints/last.ckpt holds the last finite epoch" if trainer.current_epoch > 0 else ""
             raise NonFiniteLossError(
@@ -263,15 +258,13 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     folder (``config.plan_resume``); only the global-zero process writes files.
     """
     start = time.time()
-    validate_config(cfg)  # every check that needs no data: fails in the first second
+    policy, datamodule = validate_config(cfg)  # every check that needs no data: fails in the first second
     output_dir = Path(cfg.paths.output_dir)
     plan = plan_resume(cfg)  # None: a fresh run; refuses a folder that holds another run
     writes = is_global_zero()
     results: dict[str, Any] = {"status": "running", "seed": int(cfg.seed), "noise_seed": int(cfg.noise_seed),
                                "output_dir": str(output_dir)}
 
-    policy = hydra.utils.instantiate(cfg.smoothing)
-    datamodule = instantiate_datamodule(cfg)
     results.update({"smoothing": policy.name, **_flatten("smoothing", policy.hparams()),
                     "noise": cfg.noise.kind, **_flatten("noise", OmegaConf.to_container(cfg.noise, resolve=True)),
                     "data": type(datamodule).__name__, "model": cfg.model._target_.rsplit(".", 1)[-1]})
