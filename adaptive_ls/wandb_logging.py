@@ -174,13 +174,13 @@ class WandbJob:
     def finish(self, error: Optional[BaseException]) -> None:
         import wandb
 
+        exit_code, status = 0, None
         if error is not None:
             self.run.summary.update({"status": "failed", "error": f"{type(error).__name__}: {error}"})
-        exit_code = 0 if error is None else (255 if isinstance(error, KeyboardInterrupt) else 1)
+            exit_code, status = (255, "interrupted") if isinstance(error, KeyboardInterrupt) else (1, "failed")
         self.run.finish(exit_code=exit_code)
         if wandb.run is self.run:  # finish() clears it; guard against a wandb that does not
             wandb.finish()
-        status = None if error is None else ("interrupted" if isinstance(error, KeyboardInterrupt) else "failed")
         _add_to_results(self.output_dir / "results.json", self.info, status)
         if self.mode == "offline":
             log.info("W&B offline run saved in %s; upload it with: wandb sync %s", self.info["wandb/dir"],
@@ -301,7 +301,7 @@ def transition_figure(matrix, class_names: Optional[list[str]] = None):
 
     matrix = np.asarray(matrix, dtype=float)
     k = matrix.shape[0]
-    names = class_names if class_names and len(class_names) == k else [str(i) for i in range(k)]
+    names = class_labels(class_names, k)
     fig = new_figure((0.55 * k + 2.5, 0.55 * k + 1.8))
     ax = fig.add_subplot(1, 1, 1)
     image = ax.imshow(matrix, vmin=0.0, vmax=1.0, cmap="Blues")
@@ -321,6 +321,11 @@ def transition_figure(matrix, class_names: Optional[list[str]] = None):
     return fig
 
 
+def class_labels(class_names: Optional[list[str]], k: int) -> list[str]:
+    """The K class names for axes and tables, or the class ids when the names are missing or do not fit."""
+    return list(class_names) if class_names and len(class_names) == k else [str(i) for i in range(k)]
+
+
 def _transition_media(path: Path, class_names: Optional[list[str]], output_dir: Path) -> dict[str, Any]:
     import numpy as np
     import wandb
@@ -328,8 +333,7 @@ def _transition_media(path: Path, class_names: Optional[list[str]], output_dir: 
     from adaptive_ls.plots import save_figure
 
     matrix = np.atleast_2d(np.loadtxt(path, delimiter=","))
-    names = class_names if class_names and len(class_names) == matrix.shape[0] else [str(i) for i in
-                                                                                     range(matrix.shape[0])]
+    names = class_labels(class_names, matrix.shape[0])
     table = wandb.Table(columns=["true label", *names],
                         data=[[names[i], *map(float, row)] for i, row in enumerate(matrix)])
     png = save_figure(transition_figure(matrix, names), output_dir / "noise_transition.png")
@@ -488,8 +492,7 @@ def _read_records(path: Path) -> OfflineRun:
             r = record.run
             run.id, run.project, run.name = r.run_id, r.project, r.display_name
             run.group, run.job_type, run.tags = r.run_group, r.job_type, list(r.tags)
-            for item in r.config.update:
-                _put(run.config, item, json.loads(item.value_json))
+            _apply_changes(run.config, r.config)  # a run record's config: updates only
         elif kind == "config":
             _apply_changes(run.config, record.config)
         elif kind == "history":
