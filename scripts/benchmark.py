@@ -47,12 +47,12 @@ from torch import nn
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))  # run this checkout's package, wherever it is installed from
 
-from adaptive_ls.data import NoisyLabelDataModule, batch_random_crop, batch_random_hflip, normalize  # noqa: E402
+from adaptive_ls.data import (  # noqa: E402
+    CIFAR10DataModule, NoisyLabelDataModule, batch_random_crop, batch_random_hflip, normalize)
 from adaptive_ls.smoothing import Progress, smoothed_cross_entropy  # noqa: E402
 from adaptive_ls.speed import auto_precision  # noqa: E402
 
-CIFAR_MEAN = (0.4914, 0.4822, 0.4465)
-CIFAR_STD = (0.2470, 0.2435, 0.2616)
+CIFAR_MEAN, CIFAR_STD = CIFAR10DataModule.mean, CIFAR10DataModule.std  # the package's normalisation, in every mode
 MODES = ("package", "raw", "dataloader")
 JSON_KEYS = ("package_img_per_s", "raw_img_per_s", "dataloader_img_per_s", "package_vs_raw", "package_vs_dataloader",
              "device", "model", "batch_size")
@@ -324,7 +324,7 @@ def run_package(args, data, device: torch.device, precision: str) -> dict:
             window.step_done()
 
     callbacks = [Timer()] + ([TQDMProgressBar(refresh_rate=args.progress_bar)] if args.progress_bar else [])
-    trainer = pl.Trainer(accelerator=device.type if device.type != "cuda" else "gpu", devices=1, precision=precision,
+    trainer = pl.Trainer(accelerator=device.type, devices=1, precision=precision,
                          max_steps=total, limit_val_batches=0, num_sanity_val_steps=0, logger=False,
                          enable_checkpointing=False, enable_progress_bar=bool(args.progress_bar),
                          enable_model_summary=False, benchmark=device.type == "cuda", callbacks=callbacks)
@@ -614,7 +614,7 @@ def main(argv=None) -> dict:
             torch.set_num_threads(args.threads)
         if device.type == "cuda":
             torch.backends.cudnn.benchmark = True
-        precision = auto_precision(device.type if device.type != "cuda" else "gpu") \
+        precision = auto_precision(device.type) \
             if args.precision == "auto" else args.precision
         channels_last = args.channels_last
         info = machine(device)
