@@ -1,9 +1,10 @@
 """Data modules with label noise: images as uint8 tensors, batches of (images, labels, index), augmentation on device.
 
-The data module owns the noise: it corrupts the training labels once (``noise_seed``), carves the validation split
-from the *noisy* training set, keeps the clean test set untouched and exposes the clean labels and the ``is_noisy``
-mask for diagnostics. ``index`` in every training batch is the sample's position in the full training set, so
-per-sample policies, ``noisy_labels.npy`` and label files (CIFAR-10N) all line up.
+The data module owns the noise (a :class:`~adaptive_ls.noise.NoiseKind`, bound to the dataset's classes when the
+module is built): it corrupts the training labels once (``noise_seed``), carves the validation split from the *noisy*
+training set, keeps the clean test set untouched and exposes the clean labels and the ``is_noisy`` mask for
+diagnostics. ``index`` in every training batch is the sample's position in the full training set, so per-sample
+policies, ``noisy_labels.npy`` and label files (CIFAR-10N) all line up.
 
 Images stay uint8 until the last moment. The default loader (``loader="device"``) slices batches from tensors that
 live on the training device (GPU memory when training on a GPU); ``loader="dataloader"`` uses a torch DataLoader with
@@ -164,12 +165,25 @@ class IndexedTensorDataset(Dataset):
 # ---------------------------------------------------------------------------------------------------------------------
 
 
+def _check_matches_data(key: str, given: Any, actual: int, what: str) -> None:
+    """A setting that must equal what the data has (the model is built from it); None takes the data's value.
+    ``what`` describes the data's value, e.g. ``"{} classes"``."""
+    if given is None:
+        return
+    has = what.format(actual)
+    if isinstance(given, bool) or not isinstance(given, (int, np.integer)):
+        raise ValueError(f"{key}={given!r}: allowed is {actual} (the data has {has}) or null")
+    if int(given) != actual:
+        raise ValueError(f"{key}={given} does not match the data, which has {has}: allowed is {actual} or null")
+
+
 class NoisyLabelDataModule(pl.LightningDataModule):
     """Base class: subclasses only load uint8 arrays (``load_arrays``); noise, splits and batching live here."""
 
     num_classes: int = 10
+    image_channels: int = 3  # what load_arrays gives; known before loading, so in_channels= is checked early
     class_names: tuple = ()
-    asymmetric_map: Optional[Mapping[int, int]] = None  # default class map for noise.kind=asymmetric
+    asymmetric_map: Optional[Mapping[int, int]] = None  # default class map of AsymmetricNoise(class_map=None)
     mean: Optional[tuple] = None  # per-channel, 0–1 scale; None: computed from the training images
     std: Optional[tuple] = None
 
@@ -180,7 +194,7 @@ class NoisyLabelDataModule(pl.LightningDataModule):
         eval_batch_size: int = 1024,
         val_size: int = 5000,
         clean_val: bool = False,
-        noise: Optional[Mapping[str, Any]] = None,
+        noise: Optional[noise_lib.NoiseKind] = None,
         noise_seed: int = 0,
         seed: int = 0,
         loader: str = "device",
@@ -189,23 +203,30 @@ class NoisyLabelDataModule(pl.LightningDataModule):
         hflip: bool = True,
         download: bool = False,
         verify: bool = True,
+        num_classes: Optional[int] = None,
+        in_channels: Optional[int] = None,
     ):
         super().__init__()
         if int(batch_size) <= 0:
-            raise ValueError(f"data.batch_size={batch_size}: allowed is an integer > 0")
+            raise ValueError(f"batch_size={batch_size}: allowed is an integer > 0")
         if int(eval_batch_size) <= 0:
-            raise ValueError(f"data.eval_batch_size={eval_batch_size}: allowed is an integer > 0")
+            raise ValueError(f"eval_batch_size={eval_batch_size}: allowed is an integer > 0")
         if int(val_size) < 0:
-            raise ValueError(f"data.val_size={val_size}: allowed is an integer >= 0 (0 = no validation split)")
+            raise ValueError(f"val_size={val_size}: allowed is an integer >= 0 (0 = no validation split)")
         if loader not in LOADERS:
-            raise ValueError(f"data.loader={loader!r}: allowed are {', '.join(LOADERS)}")
+            raise ValueError(f"loader={loader!r}: allowed are {', '.join(LOADERS)}")
+        _check_matches_data("num_classes", num_classes, self.num_classes, "{} classes")
+        _check_matches_data("in_channels", in_channels, self.image_channels, "{}-channel images")
         self.root, self.download, self.verify = str(root), bool(download), bool(verify)
         self.batch_size, self.eval_batch_size, self.val_size = int(batch_size), int(eval_batch_size), int(val_size)
         self.clean_val, self.loader, self.num_workers = bool(clean_val), loader, int(num_workers)
         self.crop_padding, self.hflip = int(crop_padding), bool(hflip)
-        # Checked now (kind, rate, class map), so a typo fails before any data is loaded.
-        self.noise_cfg = noise_lib.check_noise_config(noise or {"kind": "none", "rate": 0.0}, self.num_classes,
-                                                      self.class_names or None, self.asymmetric_map)
+        if noise is not None and not isinstance(noise, noise_lib.NoiseKind):
+            raise TypeError(f"noise={noise!r}: allowed is a NoiseKind, e.g. adaptive_ls.noise.SymmetricNoise(rate=0.4) "
+                            "(a config node needs its _target_), or None for clean labels")
+        # Bound now (rate bound for K classes, class map by name), so a bad setting fails before any data is loaded.
+        noise = noise if noise is not None else noise_lib.NoNoise()
+        self.noise = noise.bind(self.num_classes, self.class_names or None, self.asymmetric_map)
         self.noise_seed, self.seed = int(noise_seed), int(seed)
         self._prepared = False
         self._aug_epoch: Optional[int] = None
@@ -227,10 +248,13 @@ class NoisyLabelDataModule(pl.LightningDataModule):
         train_x, train_y, test_x, test_y = self.load_arrays()
         n = train_y.shape[0]
         if self.val_size >= n:
-            raise ValueError(f"data.val_size={self.val_size} must be smaller than the training set ({n} images)")
+            raise ValueError(f"val_size={self.val_size} must be smaller than the training set ({n} images)")
+        if train_x.shape[1] != self.image_channels:
+            raise ValueError(f"{type(self).__name__}.load_arrays gave {train_x.shape[1]}-channel images, but the "
+                             f"class says image_channels={self.image_channels}")
         self.train_images, self.test_images = train_x.contiguous(), test_x.contiguous()
         self.clean_labels, self.test_labels = train_y.long(), test_y.long()
-        noisy, is_noisy = self.make_noisy_labels(train_y.numpy(), train_x)
+        noisy, is_noisy = self.noise.apply(train_y.numpy(), train_x, self.num_classes, self.noise_seed)
         self.noisy_labels = torch.as_tensor(noisy, dtype=torch.long)
         self.is_noisy = torch.as_tensor(is_noisy, dtype=torch.bool)
         split = torch.randperm(n, generator=torch.Generator().manual_seed(self.noise_seed))
@@ -242,23 +266,6 @@ class NoisyLabelDataModule(pl.LightningDataModule):
         self._mean, self._std = torch.tensor(self.mean), torch.tensor(self.std)
         self._prepared = True
 
-    def make_noisy_labels(self, clean: np.ndarray, images: Tensor) -> tuple[np.ndarray, np.ndarray]:
-        """Apply ``noise`` (kind, rate, class_map, ...) to the clean training labels with ``noise_seed``."""
-        kind = self.noise_cfg["kind"]  # settings checked (and class_map parsed) in __init__
-        if kind == noise_lib.LABEL_FILE_KIND:  # real (human) noise: labels from a file, e.g. CIFAR-10N
-            return self._labels_from_file(clean, self.noise_cfg)
-        rate, class_map = self.noise_cfg["rate"], self.noise_cfg["class_map"]
-        return noise_lib.corrupt_labels(clean, kind, rate, self.num_classes, self.noise_seed, class_map=class_map,
-                                        features=images.numpy() if kind == "instance" else None)
-
-    def _labels_from_file(self, clean: np.ndarray, cfg: Mapping[str, Any]) -> tuple[np.ndarray, np.ndarray]:
-        noisy, is_noisy = noise_lib.noisy_labels_from_file(cfg["path"], clean, self.num_classes, key=cfg.get("key"),
-                                                           clean_key=cfg.get("clean_key"))
-        checked = f", its {cfg['clean_key']!r} equal to the dataset's labels" if cfg.get("clean_key") else ""
-        log.info("noise from %s (key %s%s): realised noise rate %.2f%%", cfg["path"], cfg.get("key"), checked,
-                 100 * float(is_noisy.mean()))
-        return noisy, is_noisy
-
     @property
     def num_train_total(self) -> int:
         """Size of the full training set (train + validation); per-sample memories are this long."""
@@ -266,7 +273,7 @@ class NoisyLabelDataModule(pl.LightningDataModule):
 
     @property
     def in_channels(self) -> int:
-        return int(self.train_images.shape[1])
+        return self.image_channels
 
     @property
     def realized_noise_rate(self) -> float:
@@ -373,6 +380,7 @@ class DigitsDataModule(NoisyLabelDataModule):
     """
 
     num_classes = 10
+    image_channels = 1
     class_names = tuple(str(d) for d in range(10))
     asymmetric_map = noise_lib.MNIST_ASYMMETRIC_MAP  # Patrini et al. 2017's MNIST flips
     test_fraction = 0.2
@@ -431,8 +439,8 @@ def load_cifar10(root: str, train: bool, download: bool = False, verify: bool = 
     missing = [f for f in files if not (folder / f).is_file()]
     if missing and not download:
         raise FileNotFoundError(
-            f"data.root={root}: CIFAR-10 not found (missing {', '.join(missing)} in {folder}). Point data.root at the "
-            f"folder holding cifar-10-batches-py, or set data.download=true to download it"
+            f"root={root}: CIFAR-10 not found (missing {', '.join(missing)} in {folder}). Point root at the "
+            f"folder holding cifar-10-batches-py, or set download=true to download it"
         )
     if download and missing:
         CIFAR10(root, train=train, download=True)
@@ -440,8 +448,8 @@ def load_cifar10(root: str, train: bool, download: bool = False, verify: bool = 
     bad = [name for name, md5 in checked if not check_integrity(str(folder / name), md5)]
     if bad and verify:
         raise ValueError(
-            f"data.verify=true: {', '.join(bad)} in {folder} fail torchvision's CIFAR-10 checksums. For a local copy "
-            f"that was re-encoded or subset on purpose, set data.verify=false"
+            f"verify=true: {', '.join(bad)} in {folder} fail torchvision's CIFAR-10 checksums. For a local copy "
+            f"that was re-encoded or subset on purpose, set verify=false"
         )
     if bad and _warn:
         warnings.warn(f"CIFAR-10 files in {folder} do not match torchvision's checksums ({', '.join(bad)}); loading "
@@ -512,12 +520,13 @@ class ImageFolderDataModule(NoisyLabelDataModule):
         self.root, self.train_dir, self.test_dir = str(root), str(train_dir), str(test_dir)
         self.class_names = tuple(self._scan(self.train_dir, samples=False)[0])
         self.num_classes = len(self.class_names)
+        self.image_channels = 1 if grayscale else 3
         super().__init__(root=root, **kw)
         size = (image_size, image_size) if isinstance(image_size, int) else tuple(image_size)
         if len(size) != 2 or any(isinstance(s, bool) or not isinstance(s, int) or s < 1 for s in size):
-            raise ValueError(f"data.image_size={image_size!r}: allowed is a positive int or a [height, width] pair")
+            raise ValueError(f"image_size={image_size!r}: allowed is a positive int or a [height, width] pair")
         if int(decode_workers) < 0:
-            raise ValueError(f"data.decode_workers={decode_workers}: allowed is an integer >= 0 (0: decode serially)")
+            raise ValueError(f"decode_workers={decode_workers}: allowed is an integer >= 0 (0: decode serially)")
         self.image_size = size
         self.grayscale, self.decode_workers = bool(grayscale), int(decode_workers)
         self.cache_dir = Path(cache_dir) if cache_dir else Path(self.root) / ".adaptive_ls_cache"
@@ -527,9 +536,9 @@ class ImageFolderDataModule(NoisyLabelDataModule):
         from torchvision.datasets.folder import IMG_EXTENSIONS, find_classes, make_dataset
 
         folder = Path(self.root) / split_dir
-        key = "data.train_dir" if split_dir == self.train_dir else "data.test_dir"
+        key = "train_dir" if split_dir == self.train_dir else "test_dir"
         if not folder.is_dir():
-            raise FileNotFoundError(f"{key}={split_dir!r}: {folder} is not a folder (data.root={self.root!r}); an "
+            raise FileNotFoundError(f"{key}={split_dir!r}: {folder} is not a folder (root={self.root!r}); an "
                                     f"ImageFolder tree has <root>/<split>/<class>/<image> files")
         try:
             classes, class_to_idx = find_classes(str(folder))
@@ -567,7 +576,7 @@ class ImageFolderDataModule(NoisyLabelDataModule):
         classes, train_samples = self._scan(self.train_dir)
         test_classes, test_samples = self._scan(self.test_dir)
         if test_classes != classes:
-            raise ValueError(f"data.test_dir={self.test_dir!r} has classes {test_classes}, but data.train_dir="
+            raise ValueError(f"test_dir={self.test_dir!r} has classes {test_classes}, but train_dir="
                              f"{self.train_dir!r} has {classes}: both need the same class folders")
         self.cache_path = self.cache_dir / f"imagefolder-{self._cache_key(train_samples + test_samples)}.pt"
         if self.cache_path.is_file():

@@ -1,12 +1,17 @@
-"""Synthetic and real label noise: corruption, diagnostics and label-file loading.
+"""Synthetic and real label noise: one small class per kind, diagnostics and label-file loading.
+
+A noise kind is a :class:`NoiseKind`: its constructor checks the settings that need no dataset, ``bind`` the ones
+that need the dataset's classes, and ``apply`` makes the noisy labels. Hydra builds them from ``conf/noise/*.yaml``
+(``_target_: adaptive_ls.noise.SymmetricNoise``); every subclass registers under its ``name``, which is how
+:func:`corrupt_labels` finds it. A bad setting raises :class:`NoiseSettingError`, naming the constructor parameter.
 
 Everything here is numpy in, numpy out (any array-like, torch tensors included, is
 accepted through ``np.asarray``) and every random draw comes from
 ``np.random.default_rng(seed)`` (PCG64), so a given seed yields bit-identical noisy
 labels on every machine; ``label_hash`` fingerprints them for logs.
 
-Noise convention used by :func:`corrupt_labels` (EXACT counts)
-----------------------------------------------------------------
+Noise convention of the synthetic kinds (EXACT counts)
+------------------------------------------------------
 * ``symmetric``: exactly ``round(rate * N)`` samples, drawn uniformly without
   replacement, are each moved to a uniformly random *other* class. The realised
   noise rate is therefore exactly ``rate`` (up to rounding).
@@ -34,33 +39,45 @@ and give different numbers at the same nominal rate:
 
 from __future__ import annotations
 
+import copy
 import hashlib
+import inspect
+import logging
 import pickle
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, ClassVar, Mapping, Sequence
 
 import numpy as np
 
+from adaptive_ls.errors import SettingError
+
 __all__ = [
+    "NoiseSettingError",
+    "LabelFileNotFoundError",
+    "NoiseKind",
+    "NoNoise",
+    "SymmetricNoise",
+    "AsymmetricNoise",
+    "PairFlipNoise",
+    "InstanceNoise",
+    "LabelFileNoise",
+    "KINDS",
+    "noise_kind",
     "NOISE_KINDS",
     "CIFAR10_CLASSES",
     "CIFAR10_ASYMMETRIC_MAP",
     "MNIST_ASYMMETRIC_MAP",
     "CIFAR10N_KEYS",
     "parse_class_map",
-    "check_noise_config",
     "corrupt_labels",
     "transition_matrix",
     "realized_noise_rate",
     "label_hash",
     "load_label_file",
-    "LABEL_FILE_KIND",
     "noisy_labels_from_file",
 ]
 
-NOISE_KINDS = ("none", "symmetric", "asymmetric", "pairflip", "instance")
-# noise.kind that takes the training labels from a file instead of corrupting them (CIFAR-10N and the like).
-LABEL_FILE_KIND = "file"
+log = logging.getLogger(__name__)
 
 CIFAR10_CLASSES = (
     "airplane",
@@ -91,6 +108,8 @@ CIFAR10N_KEYS = (
     "random_label3",
 )
 
+LABEL_FILE_SUFFIXES = (".npy", ".pt", ".pth")
+
 # Std of the per-sample flip-rate distribution of the IDN generator (Xia et al. 2020).
 _IDN_FLIP_STD = 0.1
 # Rows of features projected at once by the IDN generator, to bound memory on 50k images.
@@ -98,6 +117,17 @@ _IDN_CHUNK = 4096
 
 
 # --------------------------------------------------------------------------- checks
+
+
+class NoiseSettingError(SettingError):
+    """A noise setting that cannot be used. The message names the constructor parameter (``rate=0.95 ...``); the
+    config layer prefixes ``node + "."`` so that the user reads the config key (``noise.rate=0.95 ...``)."""
+
+    node = "noise"
+
+
+class LabelFileNotFoundError(NoiseSettingError, FileNotFoundError):
+    """``path`` names no file: a bad setting, and a missing file to whoever catches FileNotFoundError."""
 
 
 def _check_num_classes(num_classes: Any) -> int:
@@ -125,28 +155,37 @@ def _as_label_array(labels: Any, name: str, num_classes: int | None = None) -> n
     return arr
 
 
-def _check_rate(kind: str, rate: Any, num_classes: int) -> float:
-    """Keep the rate in the range where the noisy label still identifies the clean class."""
+def _check_rate(rate: Any, upper: float = 1.0, why: str = "") -> float:
+    """A rate in [0, upper): the range where the noisy label still identifies the clean class."""
     try:
         rate_f = float(rate)
     except (TypeError, ValueError):
-        raise ValueError(f"noise.rate must be a number in [0, 1), got {rate!r}") from None
-    if not 0.0 <= rate_f < 1.0:
-        raise ValueError(f"noise.rate must be in [0, 1), got {rate_f}")
-    if kind == "symmetric":
-        limit = (num_classes - 1) / num_classes
-        if rate_f >= limit:
-            raise ValueError(
-                f"noise.rate={rate_f} too high for symmetric noise with {num_classes} classes: "
-                f"must be < (K-1)/K = {limit:.4f}, at or above it the noisy label carries no "
-                "information about the true class"
-            )
-    elif kind in ("asymmetric", "pairflip") and rate_f >= 0.5:
-        raise ValueError(
-            f"noise.rate={rate_f} too high for {kind} noise: must be < 0.5, at 0.5 the flipped "
-            "class is as frequent as the true one and the noise is not identifiable"
-        )
+        raise NoiseSettingError(f"rate={rate!r} is not a number: allowed is 0 <= rate < {upper:.4g}") from None
+    if not 0.0 <= rate_f < upper:
+        raise NoiseSettingError(f"rate={rate_f} is out of range: allowed is 0 <= rate < {upper:.4g}{why}")
     return rate_f
+
+
+def _check_optional_str(key: str, value: Any, what: str) -> str | None:
+    if value is not None and not isinstance(value, str):
+        raise NoiseSettingError(f"{key}={value!r}: allowed is a string ({what}) or null")
+    return value
+
+
+def _check_label_suffix(path: Any) -> Path:
+    """A label file's path, refused up front when its suffix is not one the loader reads."""
+    if not isinstance(path, (str, Path)) or not str(path):
+        raise NoiseSettingError(
+            f"path={path!r}: allowed is a .npy, .pt or .pth file with one label per training image, in the "
+            "training set's order"
+        )
+    p = Path(path)
+    if p.suffix.lower() not in LABEL_FILE_SUFFIXES:
+        raise NoiseSettingError(
+            f"path={str(path)!r} has unsupported suffix {p.suffix!r}; allowed: "
+            + ", ".join(repr(s) for s in LABEL_FILE_SUFFIXES)
+        )
+    return p
 
 
 def _exact_count(rate: float, n: int) -> int:
@@ -163,7 +202,7 @@ def _resolve_class(value: Any, num_classes: int, names: Sequence[str] | None, ro
     if names is not None:
         allowed += f" or names {list(names)}"
     if isinstance(value, (bool, np.bool_)):
-        raise ValueError(f"noise.class_map {role} {value!r} is not a class; allowed: {allowed}")
+        raise NoiseSettingError(f"class_map {role} {value!r} is not a class; allowed: {allowed}")
     if isinstance(value, (int, np.integer)):
         idx = int(value)
     elif isinstance(value, str):
@@ -173,15 +212,15 @@ def _resolve_class(value: Any, num_classes: int, names: Sequence[str] | None, ro
         elif names is not None and text.lower() in [n.lower() for n in names]:
             idx = [n.lower() for n in names].index(text.lower())
         else:
-            raise ValueError(
-                f"noise.class_map {role} {value!r} is not a known class; allowed: {allowed}"
+            raise NoiseSettingError(
+                f"class_map {role} {value!r} is not a known class; allowed: {allowed}"
             )
     else:
-        raise ValueError(
-            f"noise.class_map {role} {value!r} has type {type(value).__name__}; allowed: {allowed}"
+        raise NoiseSettingError(
+            f"class_map {role} {value!r} has type {type(value).__name__}; allowed: {allowed}"
         )
     if not 0 <= idx < num_classes:
-        raise ValueError(f"noise.class_map {role} {value!r} is out of range; allowed: {allowed}")
+        raise NoiseSettingError(f"class_map {role} {value!r} is out of range; allowed: {allowed}")
     return idx
 
 
@@ -203,81 +242,24 @@ def parse_class_map(
             f"class_names has {len(class_names)} entries but num_classes is {num_classes}"
         )
     if not hasattr(class_map, "items"):
-        raise ValueError(
-            f"noise.class_map must be a mapping source -> target, got {type(class_map).__name__}"
+        raise NoiseSettingError(
+            f"class_map must be a mapping source -> target, got {type(class_map).__name__}"
         )
     parsed: dict[int, int] = {}
     for src_raw, dst_raw in class_map.items():
         src = _resolve_class(src_raw, num_classes, class_names, "source")
         dst = _resolve_class(dst_raw, num_classes, class_names, "target")
         if src == dst:
-            raise ValueError(
-                f"noise.class_map maps {src_raw!r} to itself ({src} -> {dst}); a self-map "
+            raise NoiseSettingError(
+                f"class_map maps {src_raw!r} to itself ({src} -> {dst}); a self-map "
                 "is not noise, drop the entry"
             )
         if src in parsed:
-            raise ValueError(f"noise.class_map lists source class {src} ({src_raw!r}) twice")
+            raise NoiseSettingError(f"class_map lists source class {src} ({src_raw!r}) twice")
         parsed[src] = dst
     if not parsed:
-        raise ValueError("noise.class_map is empty; give at least one source -> target pair")
+        raise NoiseSettingError("class_map is empty; give at least one source -> target pair")
     return parsed
-
-
-def _check_settings(
-    kind: str,
-    rate: Any,
-    num_classes: Any,
-    class_map: Mapping[Any, Any] | None,
-    class_names: Sequence[str] | None = None,
-) -> tuple[int, float, dict[int, int] | None]:
-    """The checks every noise setting gets, early (check_noise_config) and at use (corrupt_labels)."""
-    if kind not in NOISE_KINDS:
-        raise ValueError(f"noise.kind must be one of {NOISE_KINDS}, got {kind!r}")
-    num_classes = _check_num_classes(num_classes)
-    rate_f = _check_rate(kind, rate, num_classes)
-    parsed_map: dict[int, int] | None = None
-    if kind == "asymmetric":
-        if class_map is None:
-            if num_classes != 10:
-                raise ValueError(
-                    f"asymmetric noise with num_classes={num_classes} needs noise.class_map "
-                    "(source -> target); the default map is only defined for CIFAR-10 "
-                    "(num_classes=10)"
-                )
-            class_map = CIFAR10_ASYMMETRIC_MAP
-        parsed_map = parse_class_map(class_map, num_classes, class_names)
-    return num_classes, rate_f, parsed_map
-
-
-def check_noise_config(
-    noise: Mapping[str, Any],
-    num_classes: int,
-    class_names: Sequence[str] | None = None,
-    default_class_map: Mapping[Any, Any] | None = None,
-) -> dict[str, Any]:
-    """Check a ``noise`` config (``kind``, ``rate``, ``class_map``) before any data is loaded.
-
-    Raises the ValueError :func:`corrupt_labels` would raise later (unknown kind, rate outside [0, 1) or too high
-    for the kind, a class map naming a class the dataset does not have); returns the settings with ``rate`` as a
-    float and ``class_map`` parsed to ids (``default_class_map``, the dataset's, when none is given). Other keys
-    pass through untouched.
-    """
-    settings = dict(noise)
-    kind = settings["kind"] = settings.get("kind", "none")
-    if kind == LABEL_FILE_KIND:  # no rate: the file says which labels are wrong
-        if not settings.get("path"):
-            raise ValueError("noise.kind='file' needs noise.path: a .npy, .pt or .pth file with one label per "
-                             "training image, in the training set's order")
-        return settings
-    if kind not in NOISE_KINDS:
-        raise ValueError(f"noise.kind must be one of {NOISE_KINDS + (LABEL_FILE_KIND,)}, got {kind!r}")
-    if kind == "asymmetric" and not (settings.get("class_map") or default_class_map):
-        raise ValueError("noise.kind=asymmetric needs noise.class_map (source class -> target class, by name or id): "
-                         "this dataset has no default class map")
-    _, settings["rate"], settings["class_map"] = _check_settings(
-        kind, settings.get("rate", 0.0), num_classes, settings.get("class_map") or default_class_map, class_names
-    )
-    return settings
 
 
 # ----------------------------------------------------------------------- corruption
@@ -375,6 +357,226 @@ def _instance(
     return noisy
 
 
+# ----------------------------------------------------------------------- noise kinds
+
+# Every noise kind by name; subclasses of NoiseKind add themselves when they are defined.
+KINDS: dict[str, type[NoiseKind]] = {}
+
+
+def _unchanged(clean: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    return clean.copy(), np.zeros(clean.size, dtype=bool)
+
+
+class NoiseKind:
+    """A way of making the training labels noisy; the data module binds it to its classes, then applies it once.
+
+    A subclass implements ``apply`` and, when some of its settings can only be checked against the dataset's
+    classes, ``bind``. It registers itself in :data:`KINDS` under ``name`` (default: the class name in lower case,
+    without a trailing "Noise"; ``name = None`` keeps a shared base class out of the registry).
+    """
+
+    name: ClassVar[str | None] = None
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if "name" not in cls.__dict__:
+            cls.name = cls.__name__.lower().removesuffix("noise") or cls.__name__.lower()
+        if cls.name is None:
+            return
+        known = KINDS.get(cls.name)
+        if known is not None and (known.__module__, known.__qualname__) != (cls.__module__, cls.__qualname__):
+            raise TypeError(f"noise kind name {cls.name!r} of {cls.__qualname__} is taken by {known.__qualname__}")
+        KINDS[cls.name] = cls
+
+    def bind(
+        self,
+        num_classes: int,
+        class_names: Sequence[str] | None = None,
+        default_class_map: Mapping[Any, Any] | None = None,
+    ) -> NoiseKind:
+        """Check the settings against the dataset's classes; return the kind ready for ``apply`` (``self``, or a
+        bound copy where it keeps dataset state, so one setting can serve several datasets)."""
+        _check_num_classes(num_classes)
+        return self
+
+    def apply(self, clean: np.ndarray, images: Any, num_classes: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+        """(noisy int64 labels, is_noisy bool mask) for the clean int64 labels; ``images`` has one row per label."""
+        raise NotImplementedError
+
+    def __repr__(self) -> str:
+        settings = ", ".join(f"{k}={v!r}" for k, v in vars(self).items() if not k.startswith("_"))
+        return f"{type(self).__name__}({settings})"
+
+
+class NoNoise(NoiseKind):
+    """Clean labels."""
+
+    name = "none"
+
+    def apply(self, clean, images, num_classes, seed):
+        return _unchanged(clean)
+
+
+class RateNoise(NoiseKind):
+    """A synthetic kind set by a rate below ``max_rate``; rate 0 leaves the labels alone and draws nothing."""
+
+    name = None
+    max_rate: ClassVar[float] = 1.0
+    max_rate_reason: ClassVar[str] = ""
+
+    def __init__(self, rate: float):
+        self.rate = _check_rate(rate, self.max_rate, self.max_rate_reason)
+
+    def apply(self, clean, images, num_classes, seed):
+        if self.rate == 0.0:
+            return _unchanged(clean)
+        noisy = self.corrupt(clean, images, num_classes, np.random.default_rng(seed))
+        return noisy, noisy != clean
+
+    def corrupt(self, clean: np.ndarray, images: Any, num_classes: int, rng: np.random.Generator) -> np.ndarray:
+        raise NotImplementedError
+
+
+_NOT_IDENTIFIABLE = (" for {kind} noise (at 0.5 the flipped class is as frequent as the true one and the noise is "
+                     "not identifiable)")
+
+
+class SymmetricNoise(RateNoise):
+    """Exactly round(rate*N) samples, chosen uniformly, each moved to a uniformly random other class."""
+
+    name = "symmetric"
+
+    def bind(self, num_classes, class_names=None, default_class_map=None):
+        super().bind(num_classes)
+        limit = (num_classes - 1) / num_classes
+        if self.rate >= limit:
+            raise NoiseSettingError(
+                f"rate={self.rate} is out of range: allowed is 0 <= rate < (K-1)/K = {limit:.4g} for symmetric noise "
+                f"on K={num_classes} classes (at or above it the noisy label carries no information about the true "
+                "class)"
+            )
+        return self
+
+    def corrupt(self, clean, images, num_classes, rng):
+        return _symmetric(clean, self.rate, num_classes, rng)
+
+
+class AsymmetricNoise(RateNoise):
+    """Exactly round(rate*n_c) samples of each source class c of ``class_map`` moved to map[c].
+
+    ``class_map`` maps classes by id, numeric string or name (see :func:`parse_class_map`); None takes the
+    dataset's default map, given to ``bind``.
+    """
+
+    name = "asymmetric"
+    max_rate = 0.5
+    max_rate_reason = _NOT_IDENTIFIABLE.format(kind="asymmetric")
+
+    def __init__(self, rate: float, class_map: Mapping[Any, Any] | None = None):
+        super().__init__(rate)
+        if class_map is not None and not isinstance(class_map, Mapping):
+            raise NoiseSettingError(
+                f"class_map={class_map!r}: allowed is a mapping source class -> target class (names or ids), or null "
+                "for the dataset's default"
+            )
+        self.class_map = None if class_map is None else dict(class_map.items())
+        self._class_ids: dict[int, int] | None = None
+
+    def bind(self, num_classes, class_names=None, default_class_map=None):
+        super().bind(num_classes)
+        class_map = self.class_map if self.class_map is not None else default_class_map
+        if class_map is None:
+            raise NoiseSettingError(
+                f"class_map=None takes the dataset's default class map, and this dataset (num_classes={num_classes}) "
+                "has none: allowed is a mapping source class -> target class, by name or id, e.g. {cat: dog, dog: cat}"
+            )
+        bound = copy.copy(self)
+        bound._class_ids = parse_class_map(class_map, num_classes, class_names)
+        return bound
+
+    def corrupt(self, clean, images, num_classes, rng):
+        if self._class_ids is None:
+            raise RuntimeError("AsymmetricNoise.apply needs bind(num_classes, ...) first, to resolve class_map")
+        return _asymmetric(clean, self.rate, self._class_ids, rng)
+
+
+class PairFlipNoise(RateNoise):
+    """Exactly round(rate*N) samples moved from class c to (c+1) mod K."""
+
+    name = "pairflip"
+    max_rate = 0.5
+    max_rate_reason = _NOT_IDENTIFIABLE.format(kind="pairflip")
+
+    def corrupt(self, clean, images, num_classes, rng):
+        return _pairflip(clean, self.rate, num_classes, rng)
+
+
+class InstanceNoise(RateNoise):
+    """Instance-dependent noise of Xia et al. (NeurIPS 2020): flip probability and target depend on the image.
+
+    q_i ~ N(rate, 0.1^2) truncated to [0, 1], W ~ N(0, 1) of shape [K, d, K]; for x_i (an ``images`` row, uint8
+    scaled by 1/255) p = softmax(x_i @ W[y_i] with p[y_i] = -inf) * q_i, p[y_i] = 1 - q_i, and the new label ~
+    Categorical(p). The realised rate is only ~ ``rate``.
+    """
+
+    name = "instance"
+
+    def apply(self, clean, images, num_classes, seed):
+        if images is None:
+            raise ValueError(
+                "instance noise needs the training images (features) to draw instance-dependent flip probabilities"
+            )
+        return super().apply(clean, images, num_classes, seed)
+
+    def corrupt(self, clean, images, num_classes, rng):
+        return _instance(clean, self.rate, num_classes, images, rng)
+
+
+class LabelFileNoise(NoiseKind):
+    """Real noise: the training labels from a file, one per training image in the dataset's training order.
+
+    ``key`` picks the array of a dict file (CIFAR-10N: ``worse_label``, ...); with ``clean_key`` the file's own true
+    labels must equal the dataset's, so a file in another order is an error rather than silent noise.
+    """
+
+    name = "file"
+
+    def __init__(self, path: str | Path, key: str | None = None, clean_key: str | None = None):
+        _check_label_suffix(path)
+        self.path = str(path)
+        self.key = _check_optional_str("key", key, "the dict entry holding the labels to train on")
+        self.clean_key = _check_optional_str("clean_key", clean_key, "the dict entry holding the true labels")
+
+    def apply(self, clean, images, num_classes, seed):
+        noisy, is_noisy = noisy_labels_from_file(self.path, clean, num_classes, key=self.key, clean_key=self.clean_key)
+        checked = f", its {self.clean_key!r} equal to the dataset's labels" if self.clean_key else ""
+        log.info("noise from %s (key %s%s): realised noise rate %.2f%%", self.path, self.key, checked,
+                 100 * float(is_noisy.mean()))
+        return noisy, is_noisy
+
+
+def noise_kind(name: str) -> type[NoiseKind]:
+    """The registered noise kind called ``name``."""
+    if name not in KINDS:
+        raise NoiseSettingError(f"kind={name!r} is not a noise kind: allowed are {', '.join(map(repr, KINDS))}")
+    return KINDS[name]
+
+
+def _rate_arguments(cls: type[NoiseKind], rate: Any, class_map: Any) -> dict[str, Any] | None:
+    """The arguments among (rate, class_map) that ``cls`` takes; None when it needs others (a file path)."""
+    signature = inspect.signature(cls)
+    arguments = {k: v for k, v in (("rate", rate), ("class_map", class_map)) if k in signature.parameters}
+    try:
+        signature.bind(**arguments)
+    except TypeError:
+        return None
+    return arguments
+
+
+# The built-in kinds that corrupt_labels makes from a rate (and a class map) alone.
+NOISE_KINDS = tuple(name for name, cls in KINDS.items() if _rate_arguments(cls, 0.0, None) is not None)
+
+
 def corrupt_labels(
     labels: Any,
     kind: str,
@@ -384,47 +586,22 @@ def corrupt_labels(
     class_map: Mapping[Any, Any] | None = None,
     features: Any = None,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Return (noisy int64 labels, is_noisy bool mask) under the exact-count convention.
+    """Return (noisy int64 labels, is_noisy bool mask) of the registered noise kind ``kind`` at ``rate``.
 
-    ``symmetric``: exactly round(rate*N) samples, chosen uniformly without replacement,
-    each moved to a uniformly random OTHER class (rate must be < (K-1)/K).
-    ``pairflip``: exactly round(rate*N) samples moved c -> (c+1) mod K (rate < 0.5).
-    ``asymmetric``: for each source class c of ``class_map`` (default
-    ``CIFAR10_ASYMMETRIC_MAP`` when K == 10), exactly round(rate*n_c) of its samples are
-    moved to map[c]; the per-source-class rate equals ``rate``, the overall one is lower
-    (rate < 0.5). Maps may use ints, numeric strings or class names (see parse_class_map).
-    ``instance``: IDN of Xia et al. 2020: q_i ~ N(rate, 0.1^2) truncated to [0, 1],
-    W ~ N(0, 1) of shape [K, d, K]; for x_i (``features`` row, uint8 scaled by 1/255)
-    p = softmax(x_i @ W[y_i] with p[y_i] = -inf) * q_i, p[y_i] = 1 - q_i, and the new
-    label ~ Categorical(p). Needs ``features``; the realised rate is only ~ ``rate``.
-    ``none`` or rate 0 returns an unchanged copy. Unlike papers that flip each sample
-    with probability ``rate`` (realised rate ~ rate) or relabel uniformly over all K
-    classes (effective rate rate*(K-1)/K), the first three kinds hit the rate exactly.
-    ``class_map`` is used only by ``asymmetric`` and ``features`` only by ``instance``.
-    All randomness comes from ``np.random.default_rng(seed)``.
+    The kind's class says what it does (:class:`SymmetricNoise`, :class:`PairFlipNoise`, :class:`AsymmetricNoise`,
+    :class:`InstanceNoise`, :class:`NoNoise`); its constructor takes ``rate`` and, for ``asymmetric``, ``class_map``
+    (default ``CIFAR10_ASYMMETRIC_MAP`` when K == 10). ``features`` are the images, used only by ``instance``.
+    ``none`` or rate 0 returns an unchanged copy. All randomness comes from ``np.random.default_rng(seed)``.
     """
-    num_classes, rate, parsed_map = _check_settings(kind, rate, num_classes, class_map)
-    clean = _as_label_array(labels, "labels", num_classes)
-    if kind == "instance" and features is None:
-        raise ValueError(
-            "noise.kind='instance' needs features (the training inputs, e.g. uint8 images) "
-            "to draw instance-dependent flip probabilities"
+    cls = noise_kind(kind)
+    arguments = _rate_arguments(cls, rate, class_map)
+    if arguments is None:
+        raise NoiseSettingError(
+            f"kind={kind!r} is not made from a rate: build {cls.__name__}(...) with its own settings and call apply"
         )
-
-    if kind == "none" or rate == 0.0:
-        return clean.copy(), np.zeros(clean.size, dtype=bool)
-
-    rng = np.random.default_rng(seed)
-    if kind == "symmetric":
-        noisy = _symmetric(clean, rate, num_classes, rng)
-    elif kind == "pairflip":
-        noisy = _pairflip(clean, rate, num_classes, rng)
-    elif kind == "asymmetric":
-        assert parsed_map is not None
-        noisy = _asymmetric(clean, rate, parsed_map, rng)
-    else:
-        noisy = _instance(clean, rate, num_classes, features, rng)
-    return noisy, noisy != clean
+    noise = cls(**arguments).bind(num_classes, default_class_map=CIFAR10_ASYMMETRIC_MAP if num_classes == 10 else None)
+    clean = _as_label_array(labels, "labels", num_classes)
+    return noise.apply(clean, features, num_classes, seed)
 
 
 # ----------------------------------------------------------------------- diagnostics
@@ -468,31 +645,25 @@ def label_hash(labels: Any) -> str:
 
 def _read_label_object(path: Path) -> Any:
     """Load the raw object of a .npy or torch .pt/.pth label file."""
-    suffix = path.suffix.lower()
-    if suffix == ".npy":
+    if _check_label_suffix(path).suffix.lower() == ".npy":
         try:
             return np.load(path, allow_pickle=False)
         except ValueError as err:
-            raise ValueError(
-                f"noise.path={str(path)!r} is not a plain numeric .npy array ({err})"
+            raise NoiseSettingError(
+                f"path={str(path)!r} is not a plain numeric .npy array ({err})"
             ) from None
-    if suffix in (".pt", ".pth"):
-        import torch
+    import torch
 
-        # CIFAR-10N's CIFAR-10_human.pt is a dict of numpy arrays: load it with only numpy's array classes allowed
-        # (weights_only), never by running arbitrary pickled code from a downloaded file.
-        try:
-            with torch.serialization.safe_globals(_numpy_array_globals()):
-                return torch.load(path, map_location="cpu", weights_only=True)
-        except pickle.UnpicklingError as err:
-            raise ValueError(
-                f"noise.path={str(path)!r} holds objects other than tensors and numpy arrays, which are not loaded "
-                f"for safety ({str(err).splitlines()[0]}); save the labels with numpy.save or torch.save of a tensor"
-            ) from None
-    raise ValueError(
-        f"noise.path={str(path)!r} has unsupported suffix {path.suffix!r}; "
-        "allowed: '.npy', '.pt', '.pth'"
-    )
+    # CIFAR-10N's CIFAR-10_human.pt is a dict of numpy arrays: load it with only numpy's array classes allowed
+    # (weights_only), never by running arbitrary pickled code from a downloaded file.
+    try:
+        with torch.serialization.safe_globals(_numpy_array_globals()):
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        raise NoiseSettingError(
+            f"path={str(path)!r} holds objects other than tensors and numpy arrays, which are not loaded "
+            f"for safety ({str(err).splitlines()[0]}); save the labels with numpy.save or torch.save of a tensor"
+        ) from None
 
 
 def _to_numpy(obj: Any) -> np.ndarray:
@@ -529,39 +700,39 @@ def load_label_file(
     """
     p = Path(path).expanduser()
     if not p.is_file():
-        raise FileNotFoundError(f"noise.path={str(path)!r} does not exist or is not a file")
+        raise LabelFileNotFoundError(f"path={str(path)!r} does not exist or is not a file")
     obj = _read_label_object(p)
 
     if isinstance(obj, Mapping):
         available = sorted(str(k) for k in obj.keys())
         if key is None:
-            raise ValueError(
-                f"noise.path={str(path)!r} holds a dict; set noise.key to one of {available}"
+            raise NoiseSettingError(
+                f"path={str(path)!r} holds a dict; set key to one of {available}"
             )
         if key not in obj:
-            raise ValueError(
-                f"noise.key={key!r} not found in {str(path)!r}; available keys: {available}"
+            raise NoiseSettingError(
+                f"key={key!r} not found in {str(path)!r}; available keys: {available}"
             )
         obj = obj[key]
-        where = f"noise.path={str(path)!r} (noise.key={key!r})"
+        where = f"path={str(path)!r} (key={key!r})"
     else:
         if key is not None:
-            raise ValueError(
-                f"noise.key={key!r} given but noise.path={str(path)!r} holds a single array, "
-                "not a dict; set noise.key to null"
+            raise NoiseSettingError(
+                f"key={key!r} given but path={str(path)!r} holds a single array, "
+                "not a dict; set key to null"
             )
-        where = f"noise.path={str(path)!r}"
+        where = f"path={str(path)!r}"
 
     arr = _to_numpy(obj)
     if arr.ndim != 1 or arr.dtype == np.bool_ or not np.issubdtype(arr.dtype, np.integer):
-        raise ValueError(
+        raise NoiseSettingError(
             f"{where} must hold a 1-D integer label array, got shape {arr.shape} dtype {arr.dtype}"
         )
     arr = arr.astype(np.int64)
     if num_samples is not None and arr.size != num_samples:
-        raise ValueError(f"{where} has {arr.size} labels, expected num_samples={num_samples}")
+        raise NoiseSettingError(f"{where} has {arr.size} labels, expected num_samples={num_samples}")
     if num_classes is not None and arr.size and (arr.min() < 0 or arr.max() >= num_classes):
-        raise ValueError(
+        raise NoiseSettingError(
             f"{where} has labels in [{int(arr.min())}, {int(arr.max())}], "
             f"expected [0, {num_classes})"
         )
@@ -589,8 +760,8 @@ def noisy_labels_from_file(
         clean = load_label_file(path, clean_key, num_samples=labels.size, num_classes=num_classes)
         disagree = int(np.sum(clean != labels))
         if disagree:
-            raise ValueError(
-                f"noise.clean_key={clean_key!r} of noise.path={str(path)!r} disagrees with the dataset's training "
+            raise NoiseSettingError(
+                f"clean_key={clean_key!r} of path={str(path)!r} disagrees with the dataset's training "
                 f"labels on {disagree} of {labels.size} samples ({disagree / labels.size:.1%}): the file is not in "
                 "this dataset's training order (CIFAR-10N follows torchvision's CIFAR-10 training order) or belongs "
                 "to another dataset"

@@ -1,10 +1,15 @@
-"""Hardware-dependent defaults, as OmegaConf resolvers so that configs can say ``auto`` and still show a real value.
+"""Hardware- and data-dependent defaults, as OmegaConf resolvers so that configs show a real value, not ``auto``.
 
 ``${auto_precision:${.accelerator}}`` (conf/trainer/default.yaml) is ``bf16-mixed`` when the run will use a CUDA GPU
 that supports bfloat16 (Ampere and later), else ``32-true``: the same config is fast on a GPU and exact on a CPU.
 ``${negate:${.deterministic}}`` turns cuDNN autotuning on unless deterministic kernels were asked for.
+``${class_folders:${.root}/${.train_dir}}`` and ``${image_channels:${.grayscale}}`` (conf/data/image_folder.yaml)
+give an ImageFolder tree's ``num_classes`` and ``in_channels``, which the model is built from.
 """
 from __future__ import annotations
+
+import os
+from typing import Optional
 
 import torch
 from omegaconf import OmegaConf
@@ -18,9 +23,26 @@ def auto_precision(accelerator: str = "auto") -> str:
     return "bf16-mixed" if on_gpu and torch.cuda.is_bf16_supported() else "32-true"
 
 
+def class_folders(folder: str) -> Optional[int]:
+    """Number of class sub-folders of an ImageFolder split, as torchvision counts them; None when there is no such
+    folder (the data module then says what is missing)."""
+    if not os.path.isdir(folder):
+        return None
+    return sum(1 for entry in os.scandir(folder) if entry.is_dir())
+
+
+def image_channels(grayscale: bool) -> int:
+    """Channels of the decoded images: 1 for grayscale, else 3 (RGB)."""
+    return 1 if grayscale else 3
+
+
 def register_resolvers() -> None:
     """Register the package's resolvers (idempotent; done on ``import adaptive_ls``)."""
     if not OmegaConf.has_resolver("auto_precision"):
         OmegaConf.register_new_resolver("auto_precision", auto_precision)
     if not OmegaConf.has_resolver("negate"):  # benchmark: ${negate:${.deterministic}}
         OmegaConf.register_new_resolver("negate", lambda value: not bool(value))
+    if not OmegaConf.has_resolver("class_folders"):  # image_folder: num_classes
+        OmegaConf.register_new_resolver("class_folders", class_folders)
+    if not OmegaConf.has_resolver("image_channels"):  # image_folder: in_channels
+        OmegaConf.register_new_resolver("image_channels", image_channels)

@@ -1,14 +1,17 @@
 """Tests for adaptive_ls.data: CIFAR-10 from torchvision's on-disk layout, noise and splits, batches, augmentation."""
 from __future__ import annotations
 
+import hydra
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 
 from adaptive_ls.data import CIFAR10DataModule, DigitsDataModule, batch_random_crop, batch_random_hflip
+from adaptive_ls.noise import NoiseSettingError, NoNoise, SymmetricNoise
+from tests.runs import compose
 
-SYMMETRIC_40 = {"kind": "symmetric", "rate": 0.4}
+SYMMETRIC_40 = SymmetricNoise(0.4)
 
 
 def cifar_module(tiny, **kwargs) -> CIFAR10DataModule:
@@ -34,12 +37,12 @@ def one_epoch(loader) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
 
 def test_verify_true_rejects_files_that_fail_the_checksums(tiny_cifar10):
     dm = CIFAR10DataModule(root=str(tiny_cifar10.root), val_size=20)  # verify defaults to true
-    with pytest.raises(ValueError, match=r"data\.verify=true.*checksums.*data\.verify=false"):
+    with pytest.raises(ValueError, match=r"^verify=true.*checksums.*set verify=false"):
         dm.setup("fit")
 
 
 def test_verify_false_loads_the_files_with_a_warning(tiny_cifar10):
-    dm = cifar_module(tiny_cifar10, noise={"kind": "none", "rate": 0.0})
+    dm = cifar_module(tiny_cifar10, noise=NoNoise())
     assert dm.train_images.dtype == torch.uint8 and dm.train_images.shape == (100, 3, 32, 32)
     np.testing.assert_array_equal(dm.train_images.numpy(), tiny_cifar10.train_images)  # batches 1..5 in order
     np.testing.assert_array_equal(dm.clean_labels.numpy(), tiny_cifar10.train_labels)
@@ -50,7 +53,7 @@ def test_verify_false_loads_the_files_with_a_warning(tiny_cifar10):
 
 def test_missing_data_without_download_names_root_and_download(tmp_path):
     dm = CIFAR10DataModule(root=str(tmp_path / "nowhere"), download=False)
-    with pytest.raises(FileNotFoundError, match=r"data\.root=.*nowhere.*data\.download=true"):
+    with pytest.raises(FileNotFoundError, match=r"^root=.*nowhere.*set download=true"):
         dm.setup("fit")
 
 
@@ -61,19 +64,38 @@ def test_a_missing_file_is_named(tiny_cifar10):
 
 
 @pytest.mark.parametrize("kwargs, key", [
-    ({"batch_size": 0}, r"data\.batch_size=0"),
-    ({"eval_batch_size": -1}, r"data\.eval_batch_size=-1"),
-    ({"val_size": -5}, r"data\.val_size=-5"),
-    ({"loader": "gpu"}, r"data\.loader='gpu'.*device, dataloader"),
+    ({"batch_size": 0}, r"^batch_size=0"),
+    ({"eval_batch_size": -1}, r"^eval_batch_size=-1"),
+    ({"val_size": -5}, r"^val_size=-5"),
+    ({"loader": "gpu"}, r"^loader='gpu'.*device, dataloader"),
+    ({"num_classes": 100}, r"^num_classes=100 does not match the data, which has 10 classes"),
+    ({"num_classes": "10"}, r"^num_classes='10': allowed is 10"),
+    ({"in_channels": 1}, r"^in_channels=1 does not match the data, which has 3-channel images"),
 ])
 def test_bad_settings_fail_at_construction_naming_the_key(tmp_path, kwargs, key):
     with pytest.raises(ValueError, match=key):
         CIFAR10DataModule(root=str(tmp_path), **kwargs)
 
 
+def test_num_classes_and_in_channels_that_match_the_data_are_accepted(tiny_cifar10):
+    dm = CIFAR10DataModule(root=str(tiny_cifar10.root), num_classes=10, in_channels=3)
+    assert dm.num_classes == 10 and dm.in_channels == 3  # known before anything is loaded
+    digits = DigitsDataModule(num_classes=10, in_channels=1)
+    assert digits.in_channels == 1
+    with pytest.raises(ValueError, match=r"^in_channels=3 does not match the data, which has 1-channel images"):
+        DigitsDataModule(in_channels=3)
+
+
+def test_a_bad_noise_setting_fails_when_the_module_is_built(tmp_path):
+    with pytest.raises(NoiseSettingError, match=r"^rate=0\.95 is out of range.*< \(K-1\)/K = 0\.9"):
+        CIFAR10DataModule(root=str(tmp_path / "nowhere"), noise=SymmetricNoise(0.95))  # nothing there to load
+    with pytest.raises(TypeError, match=r"^noise=\{'kind': 'symmetric'.*NoiseKind"):
+        CIFAR10DataModule(root=str(tmp_path), noise={"kind": "symmetric", "rate": 0.4})
+
+
 def test_val_size_must_leave_training_data(tiny_cifar10):
     dm = CIFAR10DataModule(root=str(tiny_cifar10.root), verify=False, val_size=100)
-    with pytest.raises(ValueError, match=r"data\.val_size=100 must be smaller than the training set \(100"):
+    with pytest.raises(ValueError, match=r"^val_size=100 must be smaller than the training set \(100"):
         with pytest.warns(UserWarning):
             dm.setup("fit")
 
@@ -255,3 +277,24 @@ def test_digits_has_all_1797_images_and_a_fixed_clean_test_set():
     assert int(a.is_noisy.sum()) == round(0.4 * a.num_train_total)
     assert torch.equal(a.is_noisy, a.noisy_labels != a.clean_labels)
     assert len(a.val_index) == 150 and len(a.train_index) == a.num_train_total - 150
+
+
+def test_the_data_config_alone_builds_the_noisy_data_module():
+    datamodule = hydra.utils.instantiate(compose("data=digits", "noise=symmetric", "noise.rate=0.4", "noise_seed=3",
+                                                 "seed=5").data)
+    assert isinstance(datamodule, DigitsDataModule) and isinstance(datamodule.noise, SymmetricNoise)
+    assert datamodule.noise.rate == 0.4 and datamodule.noise_seed == 3 and datamodule.seed == 5
+    datamodule.setup("fit")
+    assert int(datamodule.is_noisy.sum()) == round(0.4 * datamodule.num_train_total)
+    assert datamodule.realized_noise_rate == pytest.approx(0.4, abs=1e-3)
+    assert not torch.equal(datamodule.noisy_labels, datamodule.clean_labels)
+    reference = DigitsDataModule(noise=SymmetricNoise(0.4), noise_seed=3)
+    reference.setup("fit")
+    assert torch.equal(datamodule.noisy_labels, reference.noisy_labels)
+
+
+@pytest.mark.parametrize("option", ["digits", "cifar10"])
+def test_data_configs_name_the_classes_and_channels_the_data_has(option):
+    cfg = compose(f"data={option}", "noise=none")
+    datamodule = hydra.utils.instantiate(cfg.data)  # constructing checks them; nothing is loaded
+    assert (cfg.data.num_classes, cfg.data.in_channels) == (datamodule.num_classes, datamodule.in_channels)

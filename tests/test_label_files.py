@@ -9,6 +9,7 @@ import torch
 
 from adaptive_ls import noise as noise_lib
 from adaptive_ls.data import CIFAR10DataModule, DigitsDataModule
+from adaptive_ls.noise import InstanceNoise, LabelFileNoise, NoiseKind, NoiseSettingError
 from tests.runs import write_cifar10, write_human_pt
 
 
@@ -19,7 +20,7 @@ def tiny_cifar(tmp_path):
     return tmp_path, clean, human
 
 
-def cifar_module(root, noise: dict) -> CIFAR10DataModule:
+def cifar_module(root, noise: NoiseKind) -> CIFAR10DataModule:
     datamodule = CIFAR10DataModule(root=str(root / "data"), verify=False, val_size=10, noise=noise)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # our tiny copy fails torchvision's checksums, on purpose
@@ -30,8 +31,8 @@ def cifar_module(root, noise: dict) -> CIFAR10DataModule:
 @pytest.mark.parametrize("key, rate", [("worse_label", 0.4), ("aggre_label", 0.09)])
 def test_cifar10n_file_gives_its_labels_and_noise_mask(tiny_cifar, key, rate):
     tmp_path, clean, human = tiny_cifar
-    datamodule = cifar_module(tmp_path, {"kind": "file", "path": str(tmp_path / "CIFAR-10_human.pt"), "key": key,
-                                         "clean_key": "clean_label"})
+    datamodule = cifar_module(tmp_path, LabelFileNoise(str(tmp_path / "CIFAR-10_human.pt"), key=key,
+                                                       clean_key="clean_label"))
     assert datamodule.clean_labels.tolist() == clean.tolist()
     assert datamodule.noisy_labels.tolist() == human[key].tolist()
     assert datamodule.is_noisy.tolist() == (human[key] != clean).tolist()
@@ -42,23 +43,23 @@ def test_label_file_in_another_order_is_an_error(tiny_cifar):
     tmp_path, clean, human = tiny_cifar
     shuffled = {k: v[::-1].copy() for k, v in human.items()}
     torch.save(shuffled, tmp_path / "reversed.pt")
-    with pytest.raises(ValueError, match=r"noise.clean_key='clean_label'.*disagrees.*training order"):
-        cifar_module(tmp_path, {"kind": "file", "path": str(tmp_path / "reversed.pt"), "key": "worse_label",
-                                "clean_key": "clean_label"})
+    with pytest.raises(NoiseSettingError, match=r"^clean_key='clean_label'.*disagrees.*training order"):
+        cifar_module(tmp_path, LabelFileNoise(str(tmp_path / "reversed.pt"), key="worse_label",
+                                              clean_key="clean_label"))
 
 
 def test_label_file_of_wrong_length_or_range_is_an_error(tiny_cifar):
     tmp_path, clean, _ = tiny_cifar
     np.save(tmp_path / "short.npy", clean[:-1])
-    with pytest.raises(ValueError, match=r"has 99 labels, expected num_samples=100"):
-        cifar_module(tmp_path, {"kind": "file", "path": str(tmp_path / "short.npy")})
+    with pytest.raises(NoiseSettingError, match=r"^path=.*has 99 labels, expected num_samples=100"):
+        cifar_module(tmp_path, LabelFileNoise(str(tmp_path / "short.npy")))
     out_of_range = clean.copy()
     out_of_range[3] = 10
     np.save(tmp_path / "range.npy", out_of_range)
-    with pytest.raises(ValueError, match=r"labels in \[0, 10\], expected \[0, 10\)"):
-        cifar_module(tmp_path, {"kind": "file", "path": str(tmp_path / "range.npy")})
-    with pytest.raises(ValueError, match="noise.kind='file' needs noise.path"):
-        cifar_module(tmp_path, {"kind": "file", "path": None})
+    with pytest.raises(NoiseSettingError, match=r"^path=.*labels in \[0, 10\], expected \[0, 10\)"):
+        cifar_module(tmp_path, LabelFileNoise(str(tmp_path / "range.npy")))
+    with pytest.raises(NoiseSettingError, match=r"^path=None"):
+        LabelFileNoise(None)
 
 
 def test_plain_npy_label_file(tiny_cifar):
@@ -66,14 +67,14 @@ def test_plain_npy_label_file(tiny_cifar):
     noisy = clean.copy()
     noisy[:25] = (noisy[:25] + 1) % 10
     np.save(tmp_path / "labels.npy", noisy)
-    datamodule = cifar_module(tmp_path, {"kind": "file", "path": str(tmp_path / "labels.npy")})
+    datamodule = cifar_module(tmp_path, LabelFileNoise(str(tmp_path / "labels.npy")))
     assert datamodule.noisy_labels.tolist() == noisy.tolist()
     assert datamodule.realized_noise_rate == pytest.approx(0.25)
 
 
 def test_instance_noise_through_the_data_module():
     def digits(noise_seed: int) -> DigitsDataModule:
-        datamodule = DigitsDataModule(noise={"kind": "instance", "rate": 0.3}, noise_seed=noise_seed)
+        datamodule = DigitsDataModule(noise=InstanceNoise(0.3), noise_seed=noise_seed)
         datamodule.setup("fit")
         return datamodule
 
@@ -99,6 +100,6 @@ class _RunsCodeWhenUnpickled:
 def test_label_file_with_arbitrary_objects_is_refused_not_executed(tmp_path, capsys):
     path = tmp_path / "evil.pt"
     torch.save({"worse_label": np.zeros(3, dtype=np.int64), "payload": _RunsCodeWhenUnpickled()}, path)
-    with pytest.raises(ValueError, match=r"noise.path=.*not loaded for safety"):
+    with pytest.raises(NoiseSettingError, match=r"^path=.*not loaded for safety"):
         noise_lib.load_label_file(path, key="worse_label")
     assert "this ran" not in capsys.readouterr().out

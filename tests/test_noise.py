@@ -1,7 +1,8 @@
-"""Tests for adaptive_ls.noise: exact-count corruption, diagnostics and label files."""
+"""Tests for adaptive_ls.noise: exact-count corruption, the noise-kind classes, diagnostics and label files."""
 
 from __future__ import annotations
 
+import hydra
 import numpy as np
 import pytest
 import torch
@@ -10,8 +11,18 @@ from adaptive_ls.noise import (
     CIFAR10_ASYMMETRIC_MAP,
     CIFAR10_CLASSES,
     CIFAR10N_KEYS,
+    KINDS,
     MNIST_ASYMMETRIC_MAP,
     NOISE_KINDS,
+    AsymmetricNoise,
+    InstanceNoise,
+    LabelFileNoise,
+    LabelFileNotFoundError,
+    NoiseKind,
+    NoiseSettingError,
+    NoNoise,
+    PairFlipNoise,
+    SymmetricNoise,
     corrupt_labels,
     label_hash,
     load_label_file,
@@ -19,6 +30,7 @@ from adaptive_ls.noise import (
     realized_noise_rate,
     transition_matrix,
 )
+from tests.runs import compose
 
 N, K = 1000, 10
 
@@ -128,13 +140,13 @@ def test_parse_class_map_forms():
 @pytest.mark.parametrize(
     "bad, match",
     [
-        ({"zebra": 1}, r"noise\.class_map.*'zebra'.*airplane"),
-        ({3: 10}, r"noise\.class_map.*out of range.*\[0, 10\)"),
-        ({-1: 2}, r"noise\.class_map.*out of range"),
-        ({"cat": 3}, r"noise\.class_map.*itself"),
-        ({3: 5, "cat": 4}, r"noise\.class_map.*twice"),
-        ({}, r"noise\.class_map.*empty"),
-        ({1.5: 2}, r"noise\.class_map"),
+        ({"zebra": 1}, r"class_map.*'zebra'.*airplane"),
+        ({3: 10}, r"class_map.*out of range.*\[0, 10\)"),
+        ({-1: 2}, r"class_map.*out of range"),
+        ({"cat": 3}, r"class_map.*itself"),
+        ({3: 5, "cat": 4}, r"class_map.*twice"),
+        ({}, r"class_map.*empty"),
+        ({1.5: 2}, r"class_map"),
     ],
 )
 def test_parse_class_map_errors(bad, match):
@@ -143,7 +155,7 @@ def test_parse_class_map_errors(bad, match):
 
 
 def test_parse_class_map_names_need_class_names():
-    with pytest.raises(ValueError, match=r"noise\.class_map.*'cat'.*\[0, 5\)"):
+    with pytest.raises(ValueError, match=r"class_map.*'cat'.*\[0, 5\)"):
         parse_class_map({"cat": 1}, 5)
 
 
@@ -226,23 +238,23 @@ def test_instance_needs_features(labels):
 @pytest.mark.parametrize(
     "kwargs, match",
     [
-        (dict(kind="gaussian", rate=0.2), r"noise\.kind.*'none', 'symmetric'.*'gaussian'"),
-        (dict(kind="symmetric", rate=-0.1), r"noise\.rate.*\[0, 1\)"),
-        (dict(kind="symmetric", rate=1.0), r"noise\.rate.*\[0, 1\)"),
-        (dict(kind="symmetric", rate=0.9), r"noise\.rate=0\.9.*\(K-1\)/K"),
-        (dict(kind="pairflip", rate=0.5), r"noise\.rate=0\.5.*< 0\.5"),
-        (dict(kind="asymmetric", rate=0.5), r"noise\.rate=0\.5.*< 0\.5"),
-        (dict(kind="symmetric", rate="abc"), r"noise\.rate"),
+        (dict(kind="gaussian", rate=0.2), r"kind='gaussian'.*'none', 'symmetric'"),
+        (dict(kind="symmetric", rate=-0.1), r"^rate=-0\.1.*0 <= rate < 1"),
+        (dict(kind="symmetric", rate=1.0), r"^rate=1\.0.*0 <= rate < 1"),
+        (dict(kind="symmetric", rate=0.9), r"^rate=0\.9.*\(K-1\)/K"),
+        (dict(kind="pairflip", rate=0.5), r"^rate=0\.5.*< 0\.5"),
+        (dict(kind="asymmetric", rate=0.5), r"^rate=0\.5.*< 0\.5"),
+        (dict(kind="symmetric", rate="abc"), r"^rate='abc'"),
     ],
 )
 def test_corrupt_labels_validation(labels, kwargs, match):
-    with pytest.raises(ValueError, match=match):
+    with pytest.raises(NoiseSettingError, match=match):
         corrupt_labels(labels, num_classes=K, seed=0, **kwargs)
 
 
 def test_symmetric_limit_depends_on_k():
     y = np.arange(100) % 2
-    with pytest.raises(ValueError, match=r"noise\.rate"):
+    with pytest.raises(NoiseSettingError, match=r"^rate=0\.5.*K=2"):
         corrupt_labels(y, "symmetric", 0.5, 2, seed=0)
     assert int(corrupt_labels(y, "symmetric", 0.49, 2, seed=0)[1].sum()) == 49
 
@@ -254,7 +266,7 @@ def test_other_validation(labels):
         corrupt_labels([0, 10], "symmetric", 0.1, 10, seed=0)
     with pytest.raises(ValueError, match="labels must hold integers"):
         corrupt_labels([0.0, 1.0], "symmetric", 0.1, 10, seed=0)
-    with pytest.raises(ValueError, match=r"num_classes=5 needs noise\.class_map"):
+    with pytest.raises(NoiseSettingError, match=r"^class_map=None.*num_classes=5"):
         corrupt_labels(labels % 5, "asymmetric", 0.2, 5, seed=0)
     assert corrupt_labels(labels % 5, "asymmetric", 0.2, 5, seed=0, class_map={0: 1})[1].sum() == 40
 
@@ -339,28 +351,145 @@ def test_load_tensor_pt(tmp_path):
 
 def test_load_errors(tmp_path, cifar10n_file):
     p, _ = cifar10n_file
-    with pytest.raises(FileNotFoundError, match=r"noise\.path.*missing\.npy"):
+    with pytest.raises(FileNotFoundError, match=r"^path=.*missing\.npy"):
         load_label_file(tmp_path / "missing.npy")
     txt = tmp_path / "labels.txt"
     txt.write_text("1 2 3")
-    with pytest.raises(ValueError, match=r"noise\.path.*'\.txt'.*'\.npy', '\.pt', '\.pth'"):
+    with pytest.raises(ValueError, match=r"^path.*'\.txt'.*'\.npy', '\.pt', '\.pth'"):
         load_label_file(txt)
-    with pytest.raises(ValueError, match=r"noise\.key.*aggre_label"):
+    with pytest.raises(ValueError, match=r"^path=.*set key to.*aggre_label"):
         load_label_file(p)
-    with pytest.raises(ValueError, match=r"noise\.key='noisy_label' not found.*clean_label"):
+    with pytest.raises(ValueError, match=r"^key='noisy_label' not found.*clean_label"):
         load_label_file(p, key="noisy_label")
-    with pytest.raises(ValueError, match=r"noise\.path.*num_samples=50000"):
+    with pytest.raises(ValueError, match=r"^path.*num_samples=50000"):
         load_label_file(p, key="aggre_label", num_samples=50000)
-    with pytest.raises(ValueError, match=r"noise\.path.*\[0, 5\)"):
+    with pytest.raises(ValueError, match=r"^path.*\[0, 5\)"):
         load_label_file(p, key="aggre_label", num_classes=5)
 
     npy = tmp_path / "float.npy"
     np.save(npy, np.zeros(4, dtype=np.float32))
-    with pytest.raises(ValueError, match=r"noise\.path.*1-D integer"):
+    with pytest.raises(ValueError, match=r"^path.*1-D integer"):
         load_label_file(npy)
     two_d = tmp_path / "two_d.npy"
     np.save(two_d, np.zeros((2, 2), dtype=np.int64))
-    with pytest.raises(ValueError, match=r"noise\.path.*1-D integer"):
+    with pytest.raises(ValueError, match=r"^path.*1-D integer"):
         load_label_file(two_d)
-    with pytest.raises(ValueError, match=r"noise\.key='aggre_label' given.*single array"):
+    with pytest.raises(ValueError, match=r"^key='aggre_label' given.*single array"):
         load_label_file(two_d, key="aggre_label")
+
+
+# ------------------------------------------------------------------ noise kinds as classes
+
+
+class FlipFirstNoise(NoiseKind):
+    """A noise kind as a user adds one: a constructor argument and apply, nothing else."""
+
+    def __init__(self, rate: float):
+        self.rate = rate
+
+    def apply(self, clean, images, num_classes, seed):
+        noisy = clean.copy()
+        count = round(self.rate * clean.size)
+        noisy[:count] = (clean[:count] + 1) % num_classes
+        return noisy, noisy != clean
+
+
+@pytest.mark.parametrize("noise, kind, class_map", [
+    (NoNoise(), "none", None),
+    (SymmetricNoise(0.3), "symmetric", None),
+    (PairFlipNoise(0.3), "pairflip", None),
+    (AsymmetricNoise(0.3), "asymmetric", None),
+    (AsymmetricNoise(0.3, class_map={"cat": "dog", 0: "truck"}), "asymmetric", {"cat": "dog", 0: "truck"}),
+    (InstanceNoise(0.3), "instance", None),
+])
+def test_each_class_gives_the_labels_of_corrupt_labels(idn_data, noise, kind, class_map):
+    y, x = idn_data
+    expected = corrupt_labels(y, kind, getattr(noise, "rate", 0.0), K, seed=9, class_map=class_map, features=x)
+    bound = noise.bind(K, CIFAR10_CLASSES, CIFAR10_ASYMMETRIC_MAP)
+    noisy, is_noisy = bound.apply(y, x, K, seed=9)
+    np.testing.assert_array_equal(noisy, expected[0])
+    np.testing.assert_array_equal(is_noisy, expected[1])
+    assert type(noise).name == kind and KINDS[kind] is type(noise)
+
+
+def test_registry_names_every_kind():
+    assert set(NOISE_KINDS) <= set(KINDS) and KINDS["file"] is LabelFileNoise
+    assert KINDS["flipfirst"] is FlipFirstNoise  # no name given: the class name without "Noise"
+    assert "rate" not in KINDS  # the shared base of the rate kinds is not a kind
+
+
+def test_a_kind_defined_elsewhere_works_through_corrupt_labels(labels):
+    noisy, is_noisy = corrupt_labels(labels, "flipfirst", 0.1, K, seed=0)
+    assert is_noisy[:100].all() and not is_noisy[100:].any()
+    np.testing.assert_array_equal(noisy[:100], (labels[:100] + 1) % K)
+
+
+def test_a_kind_defined_elsewhere_works_through_a_target_override():
+    cfg = compose("data=digits", "noise._target_=tests.test_noise.FlipFirstNoise", "noise.rate=0.25")
+    datamodule = hydra.utils.instantiate(cfg.data)
+    assert isinstance(datamodule.noise, FlipFirstNoise)
+    datamodule.setup("fit")
+    count = round(0.25 * datamodule.num_train_total)
+    assert datamodule.is_noisy[:count].all() and not datamodule.is_noisy[count:].any()
+    assert datamodule.realized_noise_rate == pytest.approx(count / datamodule.num_train_total)
+
+
+@pytest.mark.parametrize("option, cls", [
+    ("none", NoNoise), ("symmetric", SymmetricNoise), ("asymmetric", AsymmetricNoise), ("pairflip", PairFlipNoise),
+    ("instance", InstanceNoise), ("cifar10n", LabelFileNoise),
+])
+def test_every_noise_option_builds_its_class(option, cls):
+    noise = hydra.utils.instantiate(compose(f"noise={option}").noise)
+    assert type(noise) is cls
+
+
+@pytest.mark.parametrize("build, match", [
+    (lambda: SymmetricNoise(1.0), r"^rate=1\.0 is out of range: allowed is 0 <= rate < 1"),
+    (lambda: SymmetricNoise(None), r"^rate=None is not a number"),
+    (lambda: PairFlipNoise(0.5), r"^rate=0\.5 is out of range.*< 0\.5"),
+    (lambda: AsymmetricNoise(0.6), r"^rate=0\.6 is out of range.*< 0\.5"),
+    (lambda: AsymmetricNoise(0.2, class_map=[3, 5]), r"^class_map=\[3, 5\]: allowed is a mapping"),
+    (lambda: InstanceNoise(-0.1), r"^rate=-0\.1"),
+    (lambda: LabelFileNoise(None), r"^path=None: allowed is a \.npy, \.pt or \.pth file"),
+    (lambda: LabelFileNoise("labels.txt"), r"^path='labels\.txt' has unsupported suffix '\.txt'"),
+    (lambda: LabelFileNoise("labels.pt", key=3), r"^key=3: allowed is a string"),
+    (lambda: LabelFileNoise("labels.pt", clean_key=["a"]), r"^clean_key=\['a'\]"),
+])
+def test_constructors_check_what_needs_no_dataset(build, match):
+    with pytest.raises(NoiseSettingError, match=match) as error:
+        build()
+    assert error.value.node == "noise" and isinstance(error.value, ValueError)
+
+
+def test_bind_checks_what_needs_the_classes():
+    noise = SymmetricNoise(0.7)  # fine for 10 classes, not for 3
+    assert noise.bind(10) is noise
+    with pytest.raises(NoiseSettingError, match=r"^rate=0\.7 is out of range.*\(K-1\)/K = 0\.6667.*K=3"):
+        noise.bind(3)
+    with pytest.raises(ValueError, match="num_classes"):
+        NoNoise().bind(1)
+
+
+def test_bind_resolves_the_class_map_per_dataset_without_changing_the_setting():
+    noise = AsymmetricNoise(0.4, class_map={"cat": "dog"})
+    three = noise.bind(3, class_names=("cat", "dog", "frog"))
+    cifar = noise.bind(10, class_names=CIFAR10_CLASSES)
+    y = np.repeat(np.arange(3), 10)
+    flipped = np.flatnonzero(three.apply(y, None, 3, seed=0)[1])
+    assert len(flipped) == 4 and set(flipped) <= set(range(10))  # 40% of class 0, which is cat here
+    assert not cifar.apply(y, None, 10, seed=0)[1].any()  # and class 3 in CIFAR-10: none in y
+    assert noise.class_map == {"cat": "dog"}
+    with pytest.raises(NoiseSettingError, match=r"^class_map source 'cat' is not a known class"):
+        noise.bind(10, class_names=tuple(str(d) for d in range(10)))
+    with pytest.raises(NoiseSettingError, match=r"^class_map=None.*num_classes=3"):
+        AsymmetricNoise(0.2).bind(3)
+    assert AsymmetricNoise(0.2).bind(10, default_class_map=MNIST_ASYMMETRIC_MAP)._class_ids == MNIST_ASYMMETRIC_MAP
+    with pytest.raises(RuntimeError, match="bind"):
+        AsymmetricNoise(0.2).apply(y, None, 3, seed=0)
+
+
+def test_a_missing_label_file_is_a_noise_setting_and_a_missing_file(tmp_path):
+    noise = LabelFileNoise(str(tmp_path / "missing.npy"))
+    with pytest.raises(LabelFileNotFoundError, match=r"^path=.*missing\.npy") as error:
+        noise.apply(np.zeros(3, dtype=np.int64), None, 10, seed=0)
+    assert isinstance(error.value, FileNotFoundError) and isinstance(error.value, NoiseSettingError)
