@@ -1,8 +1,15 @@
 """Calibration metrics for classifiers trained under label noise.
 
-All metric functions take logits (or probabilities) ``[N, K]`` and integer targets ``[N]``,
-compute in float32 on the inputs' device and return 0-dim tensors (no host sync), except
-:func:`fit_temperature`, whose documented return is a Python float.
+Two forms of the same numbers:
+    * torchmetrics ``Metric`` objects, updated batch by batch on the device and reduced at ``compute`` (under DDP
+      too, through their ``dist_reduce_fx``): :func:`evaluation_metrics` builds the ``MetricCollection`` of one split
+      (acc, nll, ece, ece_adaptive, mce, brier); :class:`ReliabilityBins` holds the data of a reliability diagram.
+      Every one of them is updated with logits ``[B, K]`` and integer targets ``[B]``.
+    * functions of a whole split at once: :func:`calibration_metrics` (a one-shot update of that collection),
+      :func:`reliability_bins`, :func:`adaptive_calibration_error`, :func:`brier_score`, :func:`fit_temperature`,
+      :func:`temperature_scaled_metrics`. They take logits (or probabilities) ``[N, K]`` and integer targets ``[N]``,
+      compute in float32 on the inputs' device and return 0-dim tensors (no host sync), except
+      :func:`fit_temperature`, whose documented return is a Python float.
 
 Conventions:
     * Top-label calibration: confidence is the max softmax probability, correctness is
@@ -21,12 +28,21 @@ import math
 import torch
 import torch.nn.functional as F
 from torch import Tensor
-from torchmetrics.functional.classification import multiclass_accuracy, multiclass_calibration_error
+from torchmetrics import MeanMetric, Metric, MetricCollection
+from torchmetrics.classification import MulticlassAccuracy, MulticlassCalibrationError
+from torchmetrics.utilities import dim_zero_cat
 
 __all__ = [
+    "AdaptiveCalibrationError",
+    "BrierScore",
+    "NegativeLogLikelihood",
+    "ReliabilityBins",
+    "TopLabelAccuracy",
+    "TopLabelCalibrationError",
     "adaptive_calibration_error",
     "brier_score",
     "calibration_metrics",
+    "evaluation_metrics",
     "fit_temperature",
     "reliability_bins",
     "temperature_scaled_metrics",
@@ -72,23 +88,15 @@ def _top_label(probs: Tensor, targets: Tensor) -> tuple[Tensor, Tensor]:
     return conf, pred.eq(targets).to(conf.dtype)
 
 
-def brier_score(probs: Tensor, targets: Tensor) -> Tensor:
-    """Multiclass Brier score mean_n sum_k (p_nk - y_nk)^2 in [0, 2]: a proper score over the whole distribution."""
-    _check_scores_targets(probs, targets, name="probs")
+def _brier_per_sample(probs: Tensor, targets: Tensor) -> Tensor:
+    """sum_k (p_nk - y_nk)^2 of each sample, in float32."""
     probs = probs.float()
     onehot = F.one_hot(targets.long(), num_classes=probs.shape[1]).to(probs.dtype)
-    return (probs - onehot).pow(2).sum(dim=1).mean()
+    return (probs - onehot).pow(2).sum(dim=1)
 
 
-def adaptive_calibration_error(probs: Tensor, targets: Tensor, n_bins: int = 15) -> Tensor:
-    """Equal-mass-bin ECE (Nguyen & O'Connor 2015): robust when confidences pile up near 1, as after LS.
-
-    Samples are sorted by confidence (stable) and split like ``torch.tensor_split(sorted, n_bins)``:
-    the first ``N % n_bins`` bins hold one sample more. Returns sum_b (n_b / N) |acc_b - conf_b|.
-    """
-    _check_scores_targets(probs, targets, name="probs")
-    _check_n_bins(n_bins)
-    conf, correct = _top_label(probs.float(), targets)
+def _equal_mass_ece(conf: Tensor, correct: Tensor, n_bins: int) -> Tensor:
+    """Adaptive ECE of top-label confidences and correctness: see :func:`adaptive_calibration_error`."""
     n = conf.shape[0]
     order = torch.sort(conf, stable=True).indices
     conf, correct = conf[order], correct[order]
@@ -101,23 +109,191 @@ def adaptive_calibration_error(probs: Tensor, targets: Tensor, n_bins: int = 15)
     return gap_sum.abs().sum() / n
 
 
+def _bin_sums(conf: Tensor, correct: Tensor, n_bins: int) -> tuple[Tensor, Tensor, Tensor]:
+    """Per equal-width bin: sample count (int64), confidence sum and correctness sum; conf == 1.0 in the last bin."""
+    edges = torch.linspace(0, 1, n_bins + 1, device=conf.device, dtype=conf.dtype)
+    # interior edges + right=True -> bin i holds [edge_i, edge_{i+1}); conf == 1.0 lands in the last bin.
+    bin_id = torch.bucketize(conf, edges[1:-1], right=True)
+    count = torch.zeros(n_bins, device=conf.device, dtype=torch.int64).scatter_add_(0, bin_id, torch.ones_like(bin_id))
+    conf_sum = torch.zeros(n_bins, device=conf.device, dtype=conf.dtype).scatter_add_(0, bin_id, conf)
+    acc_sum = torch.zeros(n_bins, device=conf.device, dtype=conf.dtype).scatter_add_(0, bin_id, correct)
+    return count, conf_sum, acc_sum
+
+
+def _reliability(count: Tensor, conf_sum: Tensor, acc_sum: Tensor) -> dict[str, Tensor]:
+    """The reliability-diagram dict of per-bin sums: see :func:`reliability_bins`."""
+    edges = torch.linspace(0, 1, count.shape[0] + 1, device=conf_sum.device, dtype=conf_sum.dtype)
+    denom = count.clamp(min=1).to(conf_sum.dtype)
+    return {
+        "bin_lower": edges[:-1],
+        "bin_upper": edges[1:],
+        "confidence": conf_sum / denom,
+        "accuracy": acc_sum / denom,
+        "count": count,
+    }
+
+
+def _top_label_of_logits(logits: Tensor, targets: Tensor) -> tuple[Tensor, Tensor]:
+    """(confidence, correctness) of float32 softmax(logits): the per-sample record of every top-label metric."""
+    return _top_label(logits.detach().float().softmax(dim=1), targets.long())
+
+
+# -- Metric objects: updated with (logits, targets) batches, read once at compute ------------------------------------
+
+
+class _SoftmaxInput:
+    """Mixin for a torchmetrics classification metric: ``update(logits, target)`` hands it float32 probabilities,
+    so it never has to guess from the value range whether its input is already normalised."""
+
+    def update(self, logits: Tensor, target: Tensor) -> None:
+        super().update(logits.detach().float().softmax(dim=1), target.long())
+
+
+class TopLabelAccuracy(_SoftmaxInput, MulticlassAccuracy):
+    """Micro accuracy of argmax softmax(logits): the correctness that the calibration errors average per bin."""
+
+    def __init__(self, num_classes: int, **kwargs):
+        super().__init__(num_classes=num_classes, average="micro", validate_args=False, **kwargs)
+
+
+class TopLabelCalibrationError(_SoftmaxInput, MulticlassCalibrationError):
+    """torchmetrics' equal-width-bin calibration error of softmax(logits): ``norm="l1"`` ECE, ``"max"`` MCE.
+
+    ``validate_args=False``: its argument checks read values on the host at every update.
+    """
+
+    def __init__(self, num_classes: int, n_bins: int = 15, norm: str = "l1", **kwargs):
+        _check_n_bins(n_bins)
+        super().__init__(num_classes=num_classes, n_bins=n_bins, norm=norm, validate_args=False, **kwargs)
+
+
+class NegativeLogLikelihood(MeanMetric):
+    """Mean cross-entropy of float32 logits against hard targets, from the logits (no log of a rounded softmax)."""
+
+    higher_is_better = False
+
+    def __init__(self, **kwargs):
+        super().__init__(nan_strategy="disable", **kwargs)  # the NaN check would read the value on the host
+
+    def update(self, logits: Tensor, target: Tensor) -> None:
+        super().update(F.cross_entropy(logits.detach().float(), target.long(), reduction="none"))
+
+
+class BrierScore(Metric):
+    """Multiclass Brier score mean_n sum_k (p_nk - y_nk)^2 in [0, 2], as :func:`brier_score`; summed states."""
+
+    is_differentiable = False
+    higher_is_better = False
+    full_state_update = False
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.add_state("squared_error", torch.zeros((), dtype=torch.float32), dist_reduce_fx="sum")
+        self.add_state("total", torch.zeros((), dtype=torch.int64), dist_reduce_fx="sum")
+
+    def update(self, logits: Tensor, target: Tensor) -> None:
+        self.squared_error += _brier_per_sample(logits.detach().float().softmax(dim=1), target).sum()
+        self.total += target.shape[0]
+
+    def compute(self) -> Tensor:
+        return self.squared_error / self.total
+
+
+class AdaptiveCalibrationError(Metric):
+    """Equal-mass-bin ECE, as :func:`adaptive_calibration_error`: the bins need every confidence, so they are kept."""
+
+    is_differentiable = False
+    higher_is_better = False
+    full_state_update = False
+
+    def __init__(self, n_bins: int = 15, **kwargs):
+        super().__init__(**kwargs)
+        _check_n_bins(n_bins)
+        self.n_bins = n_bins
+        self.add_state("confidences", [], dist_reduce_fx="cat")
+        self.add_state("accuracies", [], dist_reduce_fx="cat")
+
+    def update(self, logits: Tensor, target: Tensor) -> None:
+        conf, correct = _top_label_of_logits(logits, target)
+        self.confidences.append(conf)
+        self.accuracies.append(correct)
+
+    def compute(self) -> Tensor:
+        return _equal_mass_ece(dim_zero_cat(self.confidences), dim_zero_cat(self.accuracies), self.n_bins)
+
+
+class ReliabilityBins(Metric):
+    """Per-bin confidence, accuracy and count of softmax(logits), as :func:`reliability_bins`; summed states."""
+
+    is_differentiable = False
+    full_state_update = False
+
+    def __init__(self, n_bins: int = 15, **kwargs):
+        super().__init__(**kwargs)
+        _check_n_bins(n_bins)
+        self.n_bins = n_bins
+        self.add_state("count", torch.zeros(n_bins, dtype=torch.int64), dist_reduce_fx="sum")
+        self.add_state("confidence_sum", torch.zeros(n_bins, dtype=torch.float32), dist_reduce_fx="sum")
+        self.add_state("accuracy_sum", torch.zeros(n_bins, dtype=torch.float32), dist_reduce_fx="sum")
+
+    def update(self, logits: Tensor, target: Tensor) -> None:
+        count, conf_sum, acc_sum = _bin_sums(*_top_label_of_logits(logits, target), self.n_bins)
+        self.count += count
+        self.confidence_sum += conf_sum
+        self.accuracy_sum += acc_sum
+
+    def compute(self) -> dict[str, Tensor]:
+        return _reliability(self.count, self.confidence_sum, self.accuracy_sum)
+
+
+def evaluation_metrics(num_classes: int, prefix: str = "", n_bins: int = 15, **metric_kwargs) -> MetricCollection:
+    """The metrics of one evaluation split, keyed ``{prefix}acc``, ``nll``, ``ece``, ``ece_adaptive``, ``mce``,
+    ``brier``; update the collection with ``(logits, targets)`` batches.
+
+    ``metric_kwargs`` go to every metric, e.g. ``sync_on_compute=False`` where each process already holds the whole
+    split. No compute groups: each metric keeps its own state, so Lightning can compute and reset the logged members
+    one by one, and no first-update comparison of states reads values on the host.
+    """
+    _check_n_bins(n_bins)
+    metrics = {
+        "acc": TopLabelAccuracy(num_classes, **metric_kwargs),
+        "nll": NegativeLogLikelihood(**metric_kwargs),
+        "ece": TopLabelCalibrationError(num_classes, n_bins, norm="l1", **metric_kwargs),
+        "ece_adaptive": AdaptiveCalibrationError(n_bins, **metric_kwargs),
+        "mce": TopLabelCalibrationError(num_classes, n_bins, norm="max", **metric_kwargs),
+        "brier": BrierScore(**metric_kwargs),
+    }
+    return MetricCollection(metrics, prefix=prefix or None, compute_groups=False)
+
+
+# -- functions of a whole split ---------------------------------------------------------------------------------------
+
+
+def brier_score(probs: Tensor, targets: Tensor) -> Tensor:
+    """Multiclass Brier score mean_n sum_k (p_nk - y_nk)^2 in [0, 2]: a proper score over the whole distribution."""
+    _check_scores_targets(probs, targets, name="probs")
+    return _brier_per_sample(probs, targets).mean()
+
+
+def adaptive_calibration_error(probs: Tensor, targets: Tensor, n_bins: int = 15) -> Tensor:
+    """Equal-mass-bin ECE (Nguyen & O'Connor 2015): robust when confidences pile up near 1, as after LS.
+
+    Samples are sorted by confidence (stable) and split like ``torch.tensor_split(sorted, n_bins)``:
+    the first ``N % n_bins`` bins hold one sample more. Returns sum_b (n_b / N) |acc_b - conf_b|.
+    """
+    _check_scores_targets(probs, targets, name="probs")
+    _check_n_bins(n_bins)
+    return _equal_mass_ece(*_top_label(probs.float(), targets), n_bins)
+
+
 def calibration_metrics(logits: Tensor, targets: Tensor, n_bins: int = 15) -> dict[str, Tensor]:
-    """Accuracy, NLL, ECE, adaptive ECE, MCE and Brier as 0-dim float32 tensors, for logging one eval split."""
+    """Accuracy, NLL, ECE, adaptive ECE, MCE and Brier as 0-dim float32 tensors: :func:`evaluation_metrics` updated
+    once with the whole split (not reduced across processes: the caller holds what it measures)."""
     _check_scores_targets(logits, targets)
     _check_n_bins(n_bins)
-    logits = logits.detach().float()  # bf16/fp16 logits: binning and log-probs need float32
-    targets = targets.long()
-    num_classes = logits.shape[1]
-    probs = logits.softmax(dim=1)  # pass probs (in [0,1]) so torchmetrics never re-normalizes
-    ce = dict(preds=probs, target=targets, num_classes=num_classes, n_bins=n_bins, validate_args=False)
-    return {
-        "acc": multiclass_accuracy(probs, targets, num_classes=num_classes, average="micro", validate_args=False),
-        "nll": F.cross_entropy(logits, targets),
-        "ece": multiclass_calibration_error(norm="l1", **ce),
-        "ece_adaptive": adaptive_calibration_error(probs, targets, n_bins),
-        "mce": multiclass_calibration_error(norm="max", **ce),
-        "brier": brier_score(probs, targets),
-    }
+    metrics = evaluation_metrics(logits.shape[1], n_bins=n_bins, sync_on_compute=False).to(logits.device)
+    metrics.update(logits.detach().float(), targets.long())  # bf16/fp16 logits: binning and log-probs need float32
+    return metrics.compute()
 
 
 def reliability_bins(logits: Tensor, targets: Tensor, n_bins: int = 15) -> dict[str, Tensor]:
@@ -127,22 +303,7 @@ def reliability_bins(logits: Tensor, targets: Tensor, n_bins: int = 15) -> dict[
     """
     _check_scores_targets(logits, targets)
     _check_n_bins(n_bins)
-    probs = logits.detach().float().softmax(dim=1)
-    conf, correct = _top_label(probs, targets.long())
-    edges = torch.linspace(0, 1, n_bins + 1, device=conf.device, dtype=conf.dtype)
-    # interior edges + right=True -> bin i holds [edge_i, edge_{i+1}); conf == 1.0 lands in the last bin.
-    bin_id = torch.bucketize(conf, edges[1:-1], right=True)
-    count = torch.zeros(n_bins, device=conf.device, dtype=torch.int64).scatter_add_(0, bin_id, torch.ones_like(bin_id))
-    conf_sum = torch.zeros(n_bins, device=conf.device, dtype=conf.dtype).scatter_add_(0, bin_id, conf)
-    acc_sum = torch.zeros(n_bins, device=conf.device, dtype=conf.dtype).scatter_add_(0, bin_id, correct)
-    denom = count.clamp(min=1).to(conf.dtype)
-    return {
-        "bin_lower": edges[:-1],
-        "bin_upper": edges[1:],
-        "confidence": conf_sum / denom,
-        "accuracy": acc_sum / denom,
-        "count": count,
-    }
+    return _reliability(*_bin_sums(*_top_label_of_logits(logits, targets), n_bins))
 
 
 def fit_temperature(logits: Tensor, targets: Tensor, max_iter: int = 100) -> float:

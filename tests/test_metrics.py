@@ -1,14 +1,23 @@
 """Hand-checked tests for adaptive_ls.metrics and adaptive_ls.plots."""
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 import torch.nn.functional as F
 
 from adaptive_ls.metrics import (
+    AdaptiveCalibrationError,
+    BrierScore,
+    NegativeLogLikelihood,
+    ReliabilityBins,
+    TopLabelAccuracy,
+    TopLabelCalibrationError,
     adaptive_calibration_error,
     brier_score,
     calibration_metrics,
+    evaluation_metrics,
     fit_temperature,
     reliability_bins,
     temperature_scaled_metrics,
@@ -174,6 +183,132 @@ def test_reliability_bins_confidence_one_in_last_bin_and_ece_consistent():
     assert int(b["count"].sum()) == 500
     ece = (b["count"] * (b["accuracy"] - b["confidence"]).abs()).sum() / b["count"].sum()
     assert ece.item() == pytest.approx(calibration_metrics(logits, targets)["ece"].item(), abs=1e-5)
+
+
+# -- the Metric objects ---------------------------------------------------------------------------------------------
+
+METRIC_KEYS = {"acc", "nll", "ece", "ece_adaptive", "mce", "brier"}
+
+
+def _random_split(n: int = 503, k: int = 7, seed: int = 4) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(n, k, generator=g) * 3, torch.randint(0, k, (n,), generator=g)
+
+
+def _one_shot(metric, logits, targets):
+    metric.update(logits, targets)
+    return metric.compute()
+
+
+def test_metric_objects_by_hand():
+    logits, targets = _logits_from_conf(CONF, CORRECT)
+    ece = 3 / 5 * abs(2 / 3 - (0.9 + 0.9 + 0.85) / 3) + 2 / 5 * abs(1 / 2 - (0.5 + 0.45) / 2)
+    assert _one_shot(TopLabelCalibrationError(K, n_bins=5), logits, targets).item() == pytest.approx(ece, abs=1e-6)
+    mce = _one_shot(TopLabelCalibrationError(K, n_bins=5, norm="max"), logits, targets)
+    assert mce.item() == pytest.approx(abs(2 / 3 - (0.9 + 0.9 + 0.85) / 3), abs=1e-6)
+    adaptive = 3 / 5 * abs(1 / 3 - (0.45 + 0.5 + 0.85) / 3) + 2 / 5 * abs(1.0 - 0.9)
+    assert _one_shot(AdaptiveCalibrationError(n_bins=2), logits, targets).item() == pytest.approx(adaptive, abs=1e-6)
+    assert _one_shot(TopLabelAccuracy(K), logits, targets).item() == pytest.approx(3 / 5)
+    nll = -sum(math.log(c) if ok else math.log((1 - c) / 2) for c, ok in zip(CONF, CORRECT)) / 5
+    assert _one_shot(NegativeLogLikelihood(), logits, targets).item() == pytest.approx(nll, abs=1e-6)
+    brier = sum((1 - c) ** 2 + 2 * ((1 - c) / 2) ** 2 if ok else c**2 + (1 - (1 - c) / 2) ** 2 + ((1 - c) / 2) ** 2
+                for c, ok in zip(CONF, CORRECT)) / 5
+    assert _one_shot(BrierScore(), logits, targets).item() == pytest.approx(brier, abs=1e-6)
+    bins = _one_shot(ReliabilityBins(n_bins=5), logits, targets)
+    assert bins["count"].tolist() == [0, 0, 2, 0, 3]
+    assert torch.allclose(bins["accuracy"], torch.tensor([0, 0, 1 / 2, 0, 2 / 3]), atol=1e-6)
+
+
+def test_collection_keys_prefix_and_values_of_each_metric_alone():
+    metrics = evaluation_metrics(7, prefix="val/")
+    assert set(metrics.keys()) == {f"val/{k}" for k in METRIC_KEYS}
+    logits, targets = _random_split()
+    metrics.update(logits, targets)
+    values = metrics.compute()
+    assert set(values) == {f"val/{k}" for k in METRIC_KEYS}
+    # each metric alone gives the value it has in the collection
+    alone = {"acc": TopLabelAccuracy(7), "nll": NegativeLogLikelihood(), "ece": TopLabelCalibrationError(7),
+             "ece_adaptive": AdaptiveCalibrationError(), "mce": TopLabelCalibrationError(7, norm="max"),
+             "brier": BrierScore()}
+    for name, metric in alone.items():
+        assert values[f"val/{name}"].item() == pytest.approx(_one_shot(metric, logits, targets).item(), abs=1e-7), name
+
+
+def test_metric_objects_match_the_functions():
+    logits, targets = _random_split()
+    probs = logits.softmax(1)
+    assert _one_shot(BrierScore(), logits, targets).item() == pytest.approx(brier_score(probs, targets).item(), abs=1e-6)
+    assert _one_shot(AdaptiveCalibrationError(), logits, targets).item() == pytest.approx(
+        adaptive_calibration_error(probs, targets).item(), abs=1e-6)
+    assert _one_shot(NegativeLogLikelihood(), logits, targets).item() == pytest.approx(
+        F.cross_entropy(logits, targets).item(), abs=1e-6)
+    assert _one_shot(TopLabelAccuracy(7), logits, targets).item() == pytest.approx(
+        (logits.argmax(1) == targets).float().mean().item(), abs=1e-7)
+    bins, expected = _one_shot(ReliabilityBins(), logits, targets), reliability_bins(logits, targets)
+    assert set(bins) == set(expected)
+    assert torch.equal(bins["count"], expected["count"])
+    for key in ("bin_lower", "bin_upper", "confidence", "accuracy"):
+        torch.testing.assert_close(bins[key], expected[key], atol=1e-6, rtol=0)
+
+
+@pytest.mark.parametrize("sizes", [[1, 2, 500], [64] * 7 + [55], [250, 253]])
+def test_batched_updates_equal_one_update(sizes):
+    logits, targets = _random_split()
+    whole, batched = evaluation_metrics(7), evaluation_metrics(7)
+    whole.update(logits, targets)
+    bins_whole, bins_batched = ReliabilityBins(), ReliabilityBins()
+    bins_whole.update(logits, targets)
+    for z, y in zip(logits.split(sizes), targets.split(sizes)):
+        batched.update(z, y)
+        bins_batched.update(z, y)
+    expected, got = whole.compute(), batched.compute()
+    for name in METRIC_KEYS:
+        assert got[name].item() == pytest.approx(expected[name].item(), abs=1e-6), name
+    assert torch.equal(bins_batched.compute()["count"], bins_whole.compute()["count"])
+    torch.testing.assert_close(bins_batched.compute()["confidence"], bins_whole.compute()["confidence"])
+
+
+def test_each_member_reset_then_new_epoch_matches_a_fresh_collection():
+    """Lightning computes and resets the logged members one by one; the shared state must follow the next epoch."""
+    (first_z, first_y), (second_z, second_y) = _random_split(seed=5), _random_split(n=301, seed=6)
+    metrics = evaluation_metrics(7)
+    metrics.update(first_z, first_y)
+    for _, metric in metrics.items():
+        metric.compute()
+        metric.reset()
+    metrics.update(second_z, second_y)
+    got = {name: metric.compute() for name, metric in metrics.items()}
+    expected = calibration_metrics(second_z, second_y)
+    for name in METRIC_KEYS:
+        assert got[name].item() == pytest.approx(expected[name].item(), abs=1e-6), name
+
+
+def test_states_reduce_across_processes_as_one_update():
+    """Two processes' shards, merged with each state's dist_reduce_fx (what DDP's sync does), equal one update."""
+    logits, targets = _random_split()
+    half = logits.shape[0] // 2
+    for make in (lambda: TopLabelCalibrationError(7), lambda: AdaptiveCalibrationError(), BrierScore,
+                 NegativeLogLikelihood, lambda: TopLabelAccuracy(7), ReliabilityBins):
+        whole, rank0, rank1 = make(), make(), make()
+        whole.update(logits, targets)
+        rank1.update(logits[:half], targets[:half])  # merge_state puts the incoming state first
+        rank0.update(logits[half:], targets[half:])
+        rank0.merge_state(rank1)
+        expected, got = whole.compute(), rank0.compute()
+        if isinstance(expected, dict):
+            assert torch.equal(got["count"], expected["count"])
+            got, expected = got["accuracy"], expected["accuracy"]
+        torch.testing.assert_close(got, expected, atol=1e-6, rtol=0)
+
+
+def test_metric_objects_take_bf16_logits_and_return_float32():
+    logits, targets = _random_split()
+    metrics = evaluation_metrics(7)
+    metrics.update(logits.bfloat16(), targets)
+    expected = calibration_metrics(logits.bfloat16().float(), targets)
+    for name, value in metrics.compute().items():
+        assert value.dtype == torch.float32 and value.ndim == 0, name
+        assert value.item() == pytest.approx(expected[name].item(), abs=1e-6), name
 
 
 def _synthetic(n: int = 20000, k: int = 5, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:

@@ -1,6 +1,8 @@
 """LabelSmoothingClassifier in a plain Lightning Trainer, without Hydra: what it logs, what it tests, what it saves."""
 from __future__ import annotations
 
+import copy
+
 import pytest
 import pytorch_lightning as pl
 import torch
@@ -8,8 +10,10 @@ import torch.nn.functional as F
 
 from adaptive_ls import AdaptiveSmoothing, AnnealedSmoothing, FixedSmoothing, LabelSmoothingClassifier
 from adaptive_ls.data import DigitsDataModule
-from adaptive_ls.metrics import calibration_metrics
+from adaptive_ls.calibration import calibrate
+from adaptive_ls.metrics import calibration_metrics, reliability_bins, temperature_scaled_metrics
 from adaptive_ls.models import small_cnn
+from adaptive_ls.noise import SymmetricNoise
 from adaptive_ls.train import EpochHistory
 
 EPOCHS = 2
@@ -18,7 +22,7 @@ EPOCHS = 2
 def fit(policy, **module_kwargs):
     """Two epochs on noisy digits (20 optimizer steps each) on the CPU; returns (trainer, module, data, history)."""
     pl.seed_everything(0)
-    datamodule = DigitsDataModule(noise={"kind": "symmetric", "rate": 0.4}, noise_seed=0, seed=0)
+    datamodule = DigitsDataModule(noise=SymmetricNoise(rate=0.4), noise_seed=0, seed=0)
     module = LabelSmoothingClassifier(small_cnn(num_classes=10, in_channels=1, width=8), policy, num_classes=10,
                                       **module_kwargs)
     history = EpochHistory()
@@ -29,11 +33,14 @@ def fit(policy, **module_kwargs):
     return trainer, module, datamodule, history.history
 
 
+TEST_KEYS = {f"test/{name}" for name in ("acc", "nll", "ece", "ece_adaptive", "mce", "brier")}
+
+
 @torch.no_grad()
-def predict_test_set(module, datamodule):
+def predict_test_set(module, datamodule, split: str = "test"):
     module.eval()
     logits, targets = [], []
-    for batch in datamodule.test_dataloader():
+    for batch in getattr(datamodule, f"{split}_dataloader")():
         images, labels, _ = datamodule.on_after_batch_transfer(batch, 0)
         logits.append(module(images))
         targets.append(labels)
@@ -43,7 +50,8 @@ def predict_test_set(module, datamodule):
 def test_fixed_smoothing_logs_and_tests_in_a_plain_trainer():
     trainer, module, datamodule, history = fit(FixedSmoothing(eps=0.1))
     metrics = trainer.callback_metrics
-    for key in ("train/loss", "train/acc", "smoothing/eps_mean", "val/acc", "val/nll", "val/acc_best"):
+    for key in ("train/loss", "train/acc", "smoothing/eps_mean", "val/acc", "val/nll", "val/acc_best", "val/ece",
+                "val/brier"):
         assert key in metrics, key
     assert "smoothing/eps_min" not in metrics  # one ε for the whole batch: the mean says it all
     assert metrics["smoothing/eps_mean"].item() == pytest.approx(0.1)
@@ -52,10 +60,11 @@ def test_fixed_smoothing_logs_and_tests_in_a_plain_trainer():
     assert metrics["val/acc_best"].item() == pytest.approx(max(row["val/acc"] for row in history))
 
     results = trainer.test(module, datamodule=datamodule, verbose=False)[0]
+    assert set(results) == TEST_KEYS  # temperature scaling is calibrate's, not the test loop's
     logits, targets = predict_test_set(module, datamodule)
     assert torch.equal(targets, datamodule.test_labels)
     expected = calibration_metrics(logits, targets, n_bins=15)
-    for name in ("acc", "nll", "ece", "brier"):
+    for name in ("acc", "nll", "ece", "ece_adaptive", "mce", "brier"):
         assert results[f"test/{name}"] == pytest.approx(expected[name].item(), abs=1e-5), name
     # and by the textbook definitions
     assert results["test/acc"] == pytest.approx((logits.argmax(1) == targets).float().mean().item(), abs=1e-6)
@@ -63,8 +72,54 @@ def test_fixed_smoothing_logs_and_tests_in_a_plain_trainer():
     brier = (logits.softmax(1) - F.one_hot(targets, 10)).pow(2).sum(1).mean()
     assert results["test/brier"] == pytest.approx(brier.item(), abs=1e-5)
     assert results["test/acc"] > 0.3  # it learned something in 40 steps despite 40% noise
-    reliability = module.test_reliability
+    reliability, expected_bins = module.test_reliability, reliability_bins(logits, targets)
     assert int(reliability["count"].sum()) == len(targets)
+    assert set(reliability) == set(expected_bins) and torch.equal(reliability["count"], expected_bins["count"])
+    torch.testing.assert_close(reliability["accuracy"], expected_bins["accuracy"])
+    torch.testing.assert_close(reliability["confidence"], expected_bins["confidence"])
+    # a second test run starts from empty metrics
+    assert trainer.test(module, datamodule=datamodule, verbose=False)[0] == pytest.approx(results, abs=1e-6)
+    assert int(module.test_reliability["count"].sum()) == len(targets)
+
+
+def test_calibrate_fits_the_current_weights_whatever_validation_ran_before():
+    trainer, module, datamodule, _ = fit(FixedSmoothing(eps=0.1))
+    result = calibrate(trainer, module, datamodule)
+    assert set(result) == {"test/temperature"} | {key.replace("test/", "test/ts_") for key in TEST_KEYS}
+    assert all(isinstance(value, float) for value in result.values())
+    # the same as fitting T by hand on the validation logits of these weights, and applying it to the test logits
+    val_logits, val_targets = predict_test_set(module, datamodule, "val")
+    test_logits, test_targets = predict_test_set(module, datamodule)
+    expected = temperature_scaled_metrics(val_logits, val_targets, test_logits, test_targets)
+    for name, value in expected.items():
+        assert result[f"test/{name}"] == pytest.approx(float(value), rel=1e-5, abs=1e-6), name
+
+    # a validation of other weights in between changes nothing; calibrating those weights does
+    trained = copy.deepcopy(module.state_dict())
+    with torch.no_grad():
+        for parameter in module.net.parameters():
+            parameter.mul_(1.5)
+    trainer.validate(module, datamodule=datamodule, verbose=False)
+    other = calibrate(trainer, module, datamodule)
+    assert other["test/temperature"] != pytest.approx(result["test/temperature"], rel=1e-3)
+    trainer.validate(module, datamodule=datamodule, verbose=False)
+    module.load_state_dict(trained)
+    assert calibrate(trainer, module, datamodule) == result
+    # nor does the trainer: a fresh one, which never validated, gives the same
+    fresh = pl.Trainer(accelerator="cpu", devices=1, logger=False, enable_progress_bar=False,
+                       enable_model_summary=False)
+    assert calibrate(fresh, module, datamodule) == result
+    # and the test metrics afterwards are those of the trained weights
+    assert trainer.test(module, datamodule=datamodule, verbose=False)[0]["test/acc"] == pytest.approx(
+        ((test_logits.argmax(1) == test_targets).float().mean().item()), abs=1e-6)
+
+
+def test_calibrate_without_a_validation_split_returns_nothing():
+    datamodule = DigitsDataModule(val_size=0, noise=SymmetricNoise(rate=0.4), noise_seed=0, seed=0)
+    module = LabelSmoothingClassifier(small_cnn(num_classes=10, in_channels=1, width=8), num_classes=10)
+    trainer = pl.Trainer(accelerator="cpu", devices=1, logger=False, enable_progress_bar=False,
+                         enable_model_summary=False)
+    assert calibrate(trainer, module, datamodule) == {}
 
 
 def test_adaptive_smoothing_logs_per_sample_eps_and_checkpoints_its_memory(tmp_path):
