@@ -3,14 +3,14 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Mapping
+from typing import Mapping, Optional, Sequence
 
 import numpy as np
 from matplotlib.axes import Axes
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-__all__ = ["new_figure", "reliability_diagram", "save_figure"]
+__all__ = ["class_labels", "new_figure", "reliability_diagram", "save_figure", "transition_figure"]
 
 _REQUIRED_BIN_KEYS = ("bin_lower", "bin_upper", "confidence", "accuracy")
 
@@ -81,6 +81,35 @@ def reliability_diagram(bins: Mapping, ax: Axes | None = None, title: str | None
     ax.set_ylabel("Accuracy")
     ax.set_title(title if title is not None else "Reliability diagram")
     ax.legend(loc="upper left", fontsize="small")
+    return fig
+
+
+def class_labels(class_names: Optional[Sequence[str]], k: int) -> list[str]:
+    """The K class names for axes and tables, or the class ids when the names are missing or do not fit."""
+    return [str(n) for n in class_names] if class_names and len(class_names) == k else [str(i) for i in range(k)]
+
+
+def transition_figure(matrix, class_names: Optional[Sequence[str]] = None) -> Figure:
+    """Heatmap of P(noisy label = column | true label = row), each cell annotated: the noise a run trained on."""
+    matrix = _to_numpy(matrix)
+    k = matrix.shape[0]
+    names = class_labels(class_names, k)
+    fig = new_figure((0.55 * k + 2.5, 0.55 * k + 1.8))
+    ax = fig.add_subplot(1, 1, 1)
+    image = ax.imshow(matrix, vmin=0.0, vmax=1.0, cmap="Blues")
+    for i in range(k):
+        for j in range(k):
+            if matrix[i, j] >= 0.005:
+                ax.text(j, i, f"{matrix[i, j]:.2f}", ha="center", va="center", fontsize=7,
+                        color="white" if matrix[i, j] > 0.5 else "black")
+    long_names = max(len(n) for n in names) > 2
+    ax.set_xticks(range(k), names, rotation=45 if long_names else 0, ha="right" if long_names else "center", fontsize=8)
+    ax.set_yticks(range(k), names, fontsize=8)
+    ax.set_xlabel("noisy label")
+    ax.set_ylabel("true label")
+    ax.set_title("Label-noise transition matrix")
+    fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04)
+    fig.tight_layout()
     return fig
 
 

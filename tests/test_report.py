@@ -1,4 +1,4 @@
-"""The sweep report on hand-made sweep folders: exact aggregates, failed and missing jobs, plots, variants."""
+"""The sweep report on hand-made sweep folders: exact aggregates, jobs without a result, plots, row names."""
 from __future__ import annotations
 
 import json
@@ -9,22 +9,37 @@ import pandas as pd
 import pytest
 
 from adaptive_ls import report
+from adaptive_ls.plots import save_figure
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
+# What train.py records for a policy's settings (``smoothing/<param>``, flattened from cfg.smoothing) by choice name
+POLICY_SETTINGS = {"none": {}, "fixed": {"eps": 0.1}, "negative": {"eps": -0.2}, "toy": {"strength": 3}}
+
+
 def make_job(root: Path, num: int, policy: str, rate: float, seed: int, acc: float, ece: float, nll: float,
              kind: str = "symmetric", status: str = "completed", extra: dict | None = None,
-             overrides: list[str] | None = None, epochs: int = 3, eps: float = 0.0) -> Path:
-    """A job folder as train.py leaves it: .hydra/overrides.yaml, results.json (with history), reliability.json."""
+             overrides: list[str] | None = None, epochs: int = 3, eps: float = 0.0,
+             settings: dict | None = None, noise_settings: dict | None = None) -> Path:
+    """A job folder as train.py leaves it: .hydra/overrides.yaml, results.json (with history), reliability.json.
+
+    results.json names the policy and the noise by their config choices (``smoothing``, ``noise``) and records their
+    settings as ``smoothing/<param>`` and ``noise/<param>``: ``settings`` (default: the policy config's) and
+    ``noise_settings`` (default: ``{"rate": rate}``, as a synthetic noise kind has).
+    """
     job = root / str(num)
     (job / ".hydra").mkdir(parents=True)
     overrides = overrides if overrides is not None else [f"smoothing={policy}", f"noise.rate={rate}", f"seed={seed}"]
     (job / ".hydra" / "overrides.yaml").write_text("".join(f"- {o}\n" for o in overrides))
     history = [{"epoch": e, "train/loss": 2.0 - e, "smoothing/eps_mean": eps * (1 - e / epochs),
                 "diag/memorized": rate * e / epochs, "diag/corrected": rate * (1 - e / epochs)} for e in range(epochs)]
-    results = {"status": status, "smoothing": policy, "noise": kind, "noise/kind": kind, "noise/rate": rate,
-               "noise/realized_rate": rate, "noise/labels_hash": f"h{seed}{rate}", "seed": seed, "noise_seed": 0,
+    settings = POLICY_SETTINGS.get(policy, {}) if settings is None else settings
+    noise_settings = {"rate": rate} if noise_settings is None else noise_settings
+    results = {"status": status, "smoothing": policy, **{f"smoothing/{k}": v for k, v in settings.items()},
+               "noise": kind, **{f"noise/{k}": v for k, v in noise_settings.items()},
+               "noise/realized_rate": rate, "noise/labels_hash": f"h{seed}{rate}", "noise/num_noisy": int(rate * 1000),
+               "data": "DigitsDataModule", "model": "SmallCNN", "seed": seed, "noise_seed": 0,
                "test/acc": acc, "test/acc_at_best_val": acc + 0.01, "test/ece": ece, "test/nll": nll,
                "history": history, **(extra or {})}
     if status == "failed":
@@ -124,9 +139,9 @@ def test_settings_that_vary_within_a_cell_are_kept_apart(tmp_path):
     """A tuning sweep (ε varies, one seed each) must not be averaged into one row; a swept override neither."""
     root = tmp_path / "tune"
     for num, (eps, acc) in enumerate([(0.1, 0.8), (0.3, 0.9), (0.5, 0.7)]):
-        make_job(root, num, "fixed", 0.4, 0, acc, 0.1, 1.0, extra={"smoothing/eps": eps},
+        make_job(root, num, "fixed", 0.4, 0, acc, 0.1, 1.0, settings={"eps": eps},
                  overrides=[f"smoothing.eps={eps}", "optimizer.lr=0.05"])
-    make_job(root, 3, "fixed", 0.4, 0, 0.5, 0.1, 1.0, extra={"smoothing/eps": 0.5},
+    make_job(root, 3, "fixed", 0.4, 0, 0.5, 0.1, 1.0, settings={"eps": 0.5},
              overrides=["smoothing.eps=0.5", "optimizer.lr=0.5"])
     report.report([root])
     csv = pd.read_csv(root / "report.csv")
@@ -144,6 +159,105 @@ def test_the_same_seed_read_twice_is_flagged(tmp_path):
     assert "some seeds appear more than once" in md and "| none | symmetric | 0.4 | 2 |" in md
 
 
+def test_a_swept_policy_parameter_is_one_row_per_value_averaged_over_its_seeds(tmp_path):
+    """smoothing.eps=0.1,0.2,0.4 x seed=0,1: three rows of two seeds each, never six jobs averaged as seeds."""
+    root = tmp_path / "eps"
+    accs = {0.1: (0.80, 0.82), 0.2: (0.85, 0.89), 0.4: (0.70, 0.76)}
+    jobs = []
+    for eps, per_seed in accs.items():
+        for seed, acc in enumerate(per_seed):
+            jobs.append(make_job(root, len(jobs), "fixed", 0.4, seed, acc, 0.1, 1.0, settings={"eps": eps},
+                                 overrides=[f"smoothing.eps={eps}", f"seed={seed}"]))
+    for seed in (0, 1):  # the baseline has no ε: a blank in that column, one row of its own
+        make_job(root, len(jobs) + seed, "none", 0.4, seed, 0.6, 0.2, 1.5)
+
+    def check():
+        report.report([root])
+        csv = pd.read_csv(root / "report.csv")
+        assert list(csv["policy"]) == ["none", "fixed", "fixed", "fixed"]
+        assert np.isnan(csv["smoothing/eps"][0]) and list(csv["smoothing/eps"][1:]) == [0.1, 0.2, 0.4]
+        assert list(csv["n"]) == [2, 2, 2, 2]
+        np.testing.assert_allclose(csv["test/acc_mean"][1:], [np.mean(a) for a in accs.values()])
+        np.testing.assert_allclose(csv["test/acc_std"][1:], [np.std(a, ddof=1) for a in accs.values()])
+        assert "some seeds appear more than once" not in (root / "report.md").read_text()
+
+    check()
+    for job in jobs:  # a job that did not record its settings is told apart by its override
+        results = json.loads((job / "results.json").read_text())
+        del results["smoothing/eps"]
+        (job / "results.json").write_text(json.dumps(results))
+    check()
+
+
+def test_rows_are_named_by_the_recorded_config_choice(tmp_path):
+    """smoothing=negative and smoothing=fixed build the same class: they are still two rows, named as chosen."""
+    root = tmp_path / "negative"
+    for num, (policy, seed, acc) in enumerate([("negative", 0, 0.80), ("fixed", 0, 0.70), ("negative", 1, 0.84),
+                                               ("fixed", 1, 0.74)]):
+        make_job(root, num, policy, 0.4, seed, acc, 0.1, 1.0)
+    report.report([root])
+    csv = pd.read_csv(root / "report.csv")
+    assert list(csv["policy"]) == ["fixed", "negative"] and list(csv["n"]) == [2, 2]
+    assert list(csv["test/acc_mean"]) == pytest.approx([0.72, 0.82])
+    assert "smoothing/eps" not in csv  # constant within each row: not a key
+
+
+def test_an_unknown_policy_gets_its_own_row_and_colour(tmp_path, monkeypatch):
+    root = tmp_path / "toy"
+    num = 0
+    for policy in ("none", "fixed", "toy"):
+        for rate in (0.2, 0.4):
+            for seed in (0, 1):
+                overrides = (["smoothing._target_=my_project.ToySmoothing"] if policy == "toy" else
+                             [f"smoothing={policy}"]) + [f"noise.rate={rate}", f"seed={seed}"]
+                make_job(root, num, policy, rate, seed, 0.8 - rate / 2, 0.1, 1.0, overrides=overrides, eps=0.1)
+                num += 1
+    figures = {}
+
+    def keep_figure(fig, path):
+        figures[Path(path).name] = fig
+        return save_figure(fig, path)
+
+    monkeypatch.setattr(report.plots, "save_figure", keep_figure)
+    rep = report.report([root])
+    csv = pd.read_csv(root / "report.csv")
+    assert list(csv["policy"]) == ["none", "fixed", "toy"] * 2 and set(csv["n"]) == {2}
+    assert "smoothing/strength" not in csv
+    assert set(rep.plots.values()) == {root / n for n in report.PLOTS.values()}
+    [ax] = figures[report.PLOTS["accuracy"]].axes
+    colors = {c.get_label(): c.lines[0].get_color() for c in ax.containers if not c.get_label().startswith("_")}
+    assert set(colors) == {"none", "fixed", "toy"} and len(set(colors.values())) == 3
+    [eps_ax, _] = figures[report.PLOTS["eps"]].axes
+    assert {line.get_label(): line.get_color() for line in eps_ax.get_lines()} == colors  # one colour in every plot
+
+
+def test_label_file_noise_sits_at_its_realised_rate(tmp_path):
+    """cifar10n has no nominal rate: its seeds share one rate, the mean realised rate of its jobs."""
+    root = tmp_path / "cifar10n"
+    settings = {"path": "/data/CIFAR-10_human.pt", "key": "worse_label", "clean_key": "clean_label"}
+    for seed, realized in enumerate([0.40210, 0.40214]):
+        make_job(root, seed, "fixed", realized, seed, 0.8, 0.1, 1.0, kind="cifar10n", noise_settings=settings,
+                 overrides=["noise=cifar10n", f"seed={seed}"])
+    report.report([root], reliability_setting=("cifar10n", 0.4021))
+    [row] = pd.read_csv(root / "report.csv").to_dict("records")
+    assert (row["policy"], row["noise"], row["rate"], row["n"]) == ("fixed", "cifar10n", 0.4021, 2)
+
+
+def test_interrupted_jobs_are_counted_and_listed_apart_from_failed_ones(sweep, caplog):
+    job = make_job(sweep, 13, "fixed", 0.0, 3, 0, 0, 0, status="interrupted")
+    (job / "checkpoints").mkdir()
+    (job / "checkpoints" / "last.ckpt").write_bytes(b"")
+    caplog.set_level("INFO", logger="adaptive_ls.report")
+    assert report.main([str(sweep)]) == 0
+    assert "11 completed, 1 failed, 1 interrupted, 1 missing" in caplog.text
+    assert "interrupted 2026-01-01_00-00-00/13: stopped before the end; run again in this folder" in caplog.text
+    md = (sweep / "report.md").read_text()
+    assert "Read 14 jobs: 11 completed, 1 failed, 1 interrupted, 1 missing" in md
+    statuses = [line.split(" | ")[1] for line in md.splitlines() if line.startswith("| 2026-01-01_00-00-00/")]
+    assert statuses == ["failed", "interrupted", "missing"]
+    assert report.report([sweep]).counts == {"completed": 11, "failed": 1, "interrupted": 1, "missing": 1}
+
+
 def test_command_line_says_what_it_read(sweep, tmp_path, caplog):
     caplog.set_level("INFO", logger="adaptive_ls.report")
     assert report.main([str(sweep)]) == 0
@@ -155,7 +269,7 @@ def test_command_line_says_what_it_read(sweep, tmp_path, caplog):
 
 
 def test_wandb_report_run_joins_the_sweep_group_offline(sweep, wandb_env, caplog):
-    from adaptive_ls import wandb_logging
+    from tests import wandb_records
 
     for job in sweep.glob("*/results.json"):  # as train.py records them when the jobs logged to W&B
         results = json.loads(job.read_text())
@@ -163,8 +277,8 @@ def test_wandb_report_run_joins_the_sweep_group_offline(sweep, wandb_env, caplog
         job.write_text(json.dumps(results))
     caplog.set_level("INFO", logger="adaptive_ls.report")
     assert report.main([str(sweep), "--wandb"]) == 0
-    [run_dir] = wandb_logging.offline_runs(sweep / "wandb")
-    rec = wandb_logging.read_offline_run(run_dir, wait_s=30)
+    [run_dir] = wandb_records.offline_runs(sweep / "wandb")
+    rec = wandb_records.read_offline_run(run_dir, wait_s=30)
     assert (rec.group, rec.job_type, rec.project, rec.exit_code) == ("quickstart-2026", "report", "proj", 0)
     logged = {k: v for row in rec.history for k, v in row.items()}
     assert logged["report/table"]["_type"] == "table-file" and logged["report/table"]["nrows"] == 4
