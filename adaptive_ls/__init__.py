@@ -10,9 +10,11 @@ from adaptive_ls.smoothing import (
     SmoothingTarget,
     smoothed_cross_entropy,
 )
+from adaptive_ls.config import register_choice_resolver
 from adaptive_ls.speed import register_resolvers
 
-register_resolvers()  # ${auto_precision:...} in conf/trainer/default.yaml
+register_resolvers()  # ${auto_precision:...} in conf/trainer/default.yaml, ${class_folders:...} in conf/data/
+register_choice_resolver()  # ${choice:smoothing} in conf/logger/wandb.yaml
 
 __version__ = "0.1.0"
 

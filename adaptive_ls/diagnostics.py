@@ -26,11 +26,17 @@ Where the predictions come from (``mode``):
 from __future__ import annotations
 
 import logging
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
 import pytorch_lightning as pl
 import torch
 from torch import Tensor
+
+from adaptive_ls.callbacks import PeriodicMetrics
+from adaptive_ls.errors import SettingError
+
+if TYPE_CHECKING:
+    from adaptive_ls.module import TrainingStepOutput
 
 log = logging.getLogger(__name__)
 
@@ -75,11 +81,11 @@ def summarize(pred_counts: Tensor, eps_counts: Optional[Tensor]) -> dict[str, Te
     return out
 
 
-class NoiseDiagnostics(pl.Callback):
+class NoiseDiagnostics(PeriodicMetrics):
     """Logs memorisation, correction, clean-subset accuracy and ε on noisy vs clean training samples per epoch.
 
     Needs the data module's ``is_noisy``, ``clean_labels`` and ``noisy_labels`` and training steps that return
-    ``{"loss", "eps", "index", "logits"}`` (as :class:`~adaptive_ls.module.LabelSmoothingClassifier` does). It does
+    a ``TrainingStepOutput`` (as :class:`~adaptive_ls.module.LabelSmoothingClassifier` does). It does
     nothing when the training labels are all clean (see :meth:`applies_to`). Counting runs on the device with no
     host sync in the step; under DDP the per-rank counts are summed once per epoch.
 
@@ -92,15 +98,14 @@ class NoiseDiagnostics(pl.Callback):
     def __init__(self, mode: str = "train_outputs", every_n_epochs: int = 1):
         super().__init__()
         if mode not in DIAGNOSTIC_MODES:
-            raise ValueError(f"diagnostics.mode={mode!r}: allowed are {', '.join(DIAGNOSTIC_MODES)}")
+            raise SettingError(f"mode={mode!r}: allowed are {', '.join(DIAGNOSTIC_MODES)}")
         if isinstance(every_n_epochs, bool) or int(every_n_epochs) != every_n_epochs or every_n_epochs < 1:
-            raise ValueError(f"diagnostics.every_n_epochs={every_n_epochs}: allowed is an integer >= 1")
+            raise SettingError(f"every_n_epochs={every_n_epochs}: allowed is an integer >= 1")
         self.mode, self.every_n_epochs = mode, int(every_n_epochs)
         self._masks: Optional[tuple[Tensor, Tensor, Tensor]] = None
         self._pred: Optional[Tensor] = None
         self._eps: Optional[Tensor] = None
         self._this_epoch = False
-        self.last_logged_epoch = -1  # with metric_prefix: tells train.EpochHistory which epochs these keys belong to
 
     metric_prefix = "diag/"
 
@@ -133,8 +138,9 @@ class NoiseDiagnostics(pl.Callback):
             self._pred = torch.zeros(len(PRED_FIELDS), device=pl_module.device)
             self._eps = torch.zeros(len(EPS_FIELDS), device=pl_module.device)
 
-    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx: int) -> None:
-        if not self._this_epoch or not isinstance(outputs, dict) or "index" not in outputs:
+    def on_train_batch_end(self, trainer, pl_module, outputs: Optional["TrainingStepOutput"], batch,
+                           batch_idx: int) -> None:
+        if not self._this_epoch or outputs is None:
             return
         is_noisy, clean, noisy = self._masks
         index = outputs["index"]

@@ -8,16 +8,16 @@ from __future__ import annotations
 import inspect
 import math
 from functools import partial
-from typing import Callable, Optional
+from typing import Callable, Optional, TypedDict
 
 import pytorch_lightning as pl
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 from torchmetrics import MaxMetric, MeanMetric, MinMetric
 from torchmetrics.classification import MulticlassAccuracy
 
-from adaptive_ls.metrics import calibration_metrics, reliability_bins, temperature_scaled_metrics
+from adaptive_ls.metrics import ReliabilityBins, evaluation_metrics
+from adaptive_ls.errors import SettingError
 from adaptive_ls.smoothing import NoSmoothing, Progress, SmoothingPolicy, smoothed_cross_entropy
 
 
@@ -39,19 +39,27 @@ EVAL_TTA = ("none", "hflip")
 DATA_INIT_IMAGES = 5000  # training images shown to layers that set themselves from data (airbench's whitening: 5,000)
 
 
-def check_module_options(channels_last: bool = True, compile: bool = False, norm_bias_lr_scale: float = 1.0,
-                         eval_tta: str = "none") -> None:
-    """The module's speed and evaluation options; a ValueError naming the config key. Also run before any data is
-    loaded (:func:`adaptive_ls.config.validate_config`)."""
+def check_options(channels_last: bool, compile: bool, norm_bias_lr_scale: float, eval_tta: str) -> None:
+    """The module's speed and evaluation options: a SettingError naming the argument."""
     if not isinstance(channels_last, bool):
-        raise ValueError(f"channels_last={channels_last!r}: allowed are true, false")
+        raise SettingError(f"channels_last={channels_last!r}: allowed are true, false")
     if not isinstance(compile, bool):
-        raise ValueError(f"compile={compile!r}: allowed are true, false")
+        raise SettingError(f"compile={compile!r}: allowed are true, false")
     if isinstance(norm_bias_lr_scale, bool) or not isinstance(norm_bias_lr_scale, (int, float)) \
             or not norm_bias_lr_scale > 0:
-        raise ValueError(f"norm_bias_lr_scale={norm_bias_lr_scale!r}: allowed is a positive number (1 = no change)")
+        raise SettingError(f"norm_bias_lr_scale={norm_bias_lr_scale!r}: allowed is a positive number (1 = no change)")
     if eval_tta not in EVAL_TTA:
-        raise ValueError(f"eval_tta={eval_tta!r}: allowed are {', '.join(EVAL_TTA)}")
+        raise SettingError(f"eval_tta={eval_tta!r}: allowed are {', '.join(EVAL_TTA)}")
+
+
+class TrainingStepOutput(TypedDict):
+    """What a training step hands the callbacks (NaN guard, noise diagnostics): all on the device, detached but
+    ``loss``."""
+
+    loss: Tensor  # the batch's mean smoothed loss, which Lightning backpropagates
+    eps: Tensor  # the ε the policy used: per sample [B], or a scalar
+    index: Tensor  # the samples' positions in the training set [B]
+    logits: Tensor  # [B, K]
 
 
 def parameter_groups(module: nn.Module, optimizer_factory: Callable, norm_bias_lr_scale: float) -> list[dict]:
@@ -120,8 +128,8 @@ class LabelSmoothingClassifier(pl.LightningModule):
     ):
         super().__init__()
         if scheduler_interval not in ("step", "epoch"):
-            raise ValueError(f"scheduler_interval={scheduler_interval!r}: allowed are 'step', 'epoch'")
-        check_module_options(channels_last, compile, norm_bias_lr_scale, eval_tta)
+            raise SettingError(f"scheduler_interval={scheduler_interval!r}: allowed are 'step', 'epoch'")
+        check_options(channels_last, compile, norm_bias_lr_scale, eval_tta)
         self.save_hyperparameters(ignore=["net", "smoothing", "optimizer", "scheduler"])
         self.net = net
         self.smoothing = smoothing if smoothing is not None else NoSmoothing()
@@ -135,13 +143,15 @@ class LabelSmoothingClassifier(pl.LightningModule):
         accuracy = partial(MulticlassAccuracy, num_classes=num_classes, average="micro", validate_args=False)
         self.train_loss, self.train_acc = _mean(), accuracy()
         self.eps_mean, self.eps_min, self.eps_max = _mean(), MinMetric(nan_strategy="disable"), MaxMetric(nan_strategy="disable")
-        self.val_nll, self.val_acc, self.val_acc_best = _mean(), accuracy(), MaxMetric(nan_strategy="disable")
+        # Every process evaluates the whole split (the evaluation loaders are not sharded): its states are complete,
+        # and reducing them across processes would count each sample once per process.
+        eval_metrics = partial(evaluation_metrics, num_classes, n_bins=ece_bins, sync_on_compute=False)
+        self.val_metrics, self.test_metrics = eval_metrics(prefix="val/"), eval_metrics(prefix="test/")
+        self.test_bins = ReliabilityBins(ece_bins, sync_on_compute=False)
+        self.val_acc_best = MaxMetric(nan_strategy="disable")
         self.val_acc_best.persistent(True)  # spans epochs: checkpointed, so a resumed run keeps the best so far
         self._total_steps = 1
         self._train_metrics_logged = False  # the epoch's training metrics are handed to Lightning on its first step
-        self._eval_outputs: dict[str, list] = {"val": [], "test": []}
-        self.val_logits: Optional[Tensor] = None  # last validation epoch's logits and labels, for temperature scaling
-        self.val_targets: Optional[Tensor] = None
         self.test_reliability: Optional[dict] = None  # reliability-diagram data of the last test run
 
     def forward(self, x: Tensor) -> Tensor:
@@ -191,7 +201,7 @@ class LabelSmoothingClassifier(pl.LightningModule):
             return Progress(0, 1, 0, 1)
         return Progress(trainer.global_step, self._total_steps, trainer.current_epoch, trainer.max_epochs or 1)
 
-    def training_step(self, batch, batch_idx: int):
+    def training_step(self, batch, batch_idx: int) -> TrainingStepOutput:
         images, targets, index = batch
         logits = self(images)
         target = self.smoothing(logits.detach(), targets, index, self.progress())
@@ -206,7 +216,7 @@ class LabelSmoothingClassifier(pl.LightningModule):
             self.eps_max.update(eps)
         if not self._train_metrics_logged:  # the first step of this epoch (also when a run resumed mid-epoch)
             self._log_epoch_metrics()
-        return {"loss": loss_per_sample.mean(), "eps": eps, "index": index, "logits": logits.detach()}
+        return TrainingStepOutput(loss=loss_per_sample.mean(), eps=eps, index=index, logits=logits.detach())
 
     def _log_epoch_metrics(self) -> None:
         """Hand the epoch's torchmetrics to Lightning once per epoch: it computes (and, under DDP, reduces) and resets
@@ -231,43 +241,42 @@ class LabelSmoothingClassifier(pl.LightningModule):
             logits = 0.5 * (logits + self(images.flip(-1)))
         return logits
 
+    def _log_eval_metrics(self, metrics) -> None:
+        """Hand a split's metrics to Lightning once (on its first batch): it computes them at the epoch's end and
+        resets them."""
+        for name, metric in metrics.items():
+            self.log(name, metric, on_step=False, on_epoch=True, prog_bar=name == "val/acc")
+
     def validation_step(self, batch, batch_idx: int) -> None:
         images, targets, _ = batch
-        logits = self.eval_logits(images)
-        self.val_nll.update(F.cross_entropy(logits.float(), targets, reduction="none"))
-        self.val_acc.update(logits, targets)
-        self._eval_outputs["val"].append((logits.detach().float(), targets))
-        if batch_idx == 0:  # handed to Lightning once; it computes and resets them at the epoch's end
-            self.log("val/nll", self.val_nll, on_step=False, on_epoch=True)
-            self.log("val/acc", self.val_acc, on_step=False, on_epoch=True, prog_bar=True)
+        self.val_metrics.update(self.eval_logits(images), targets)
+        if batch_idx == 0:
+            self._log_eval_metrics(self.val_metrics)
 
     def on_validation_epoch_end(self) -> None:
-        self.val_logits, self.val_targets = self._collect("val")
         if self.trainer.sanity_checking or self.trainer.state.fn != "fit":
             return
-        self.val_acc_best.update(self.val_acc.compute())
+        self.val_acc_best.update(self.val_metrics["acc"].compute())
         self.log("val/acc_best", self.val_acc_best.compute())
 
     def test_step(self, batch, batch_idx: int) -> None:
         images, targets, _ = batch
-        self._eval_outputs["test"].append((self.eval_logits(images).detach().float(), targets))
+        logits = self.eval_logits(images)
+        self.test_metrics.update(logits, targets)
+        self.test_bins.update(logits, targets)
+        if batch_idx == 0:
+            self._log_eval_metrics(self.test_metrics)
 
     def on_test_epoch_end(self) -> None:
-        logits, targets = self._collect("test")
-        metrics = calibration_metrics(logits, targets, n_bins=self.ece_bins)
-        if self.val_logits is not None and self.val_logits.shape[0] > 0:
-            metrics.update(temperature_scaled_metrics(self.val_logits, self.val_targets, logits, targets,
-                                                      n_bins=self.ece_bins))
-        for name, value in metrics.items():
-            self.log(f"test/{name}", torch.as_tensor(value, dtype=torch.float32))
-        self.test_reliability = reliability_bins(logits, targets, n_bins=self.ece_bins)
+        if self.test_bins.update_count:
+            self.test_reliability = self.test_bins.compute()
+        self.test_bins.reset()
 
-    def _collect(self, split: str) -> tuple[Tensor, Tensor]:
-        outputs, self._eval_outputs[split] = self._eval_outputs[split], []
-        if not outputs:
-            empty = torch.empty(0, self.num_classes, device=self.device)
-            return empty, torch.empty(0, dtype=torch.long, device=self.device)
-        return torch.cat([o[0] for o in outputs]), torch.cat([o[1] for o in outputs])
+    def predict_step(self, batch, batch_idx: int, dataloader_idx: int = 0) -> tuple[Tensor, Tensor]:
+        """(float32 logits, targets) of a batch as evaluation sees it: the input of post-hoc calibration
+        (:func:`adaptive_ls.calibration.calibrate`)."""
+        images, targets, _ = batch
+        return self.eval_logits(images).float(), targets
 
     # -- optimisation -------------------------------------------------------------------------------------------------
 

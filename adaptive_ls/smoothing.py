@@ -19,6 +19,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from adaptive_ls.errors import SettingError
+
 # Negative label smoothing (NLS; Wei et al., ICML 2022, "To Smooth or Not?") gives the non-target classes a negative
 # target weight ε/K. The loss is unbounded below for any ε < 0 (it rewards driving the other classes' probabilities
 # to 0), so how far to go is an empirical choice: we keep ε ≥ −1 (true class ≤ 2 − 1/K, others ≥ −1/K), where the
@@ -28,10 +30,16 @@ EPS_NEGATIVE_BOUND = -1.0
 Eps = Union[float, Tensor]
 
 
-def _check_eps_value(eps: float, key: str = "smoothing.eps") -> float:
+class SmoothingSettingError(SettingError):
+    """A bad policy argument; reported under the ``smoothing`` config group."""
+
+    node = "smoothing"
+
+
+def _check_eps_value(eps: float, key: str = "eps") -> float:
     eps = float(eps)
     if not (EPS_NEGATIVE_BOUND <= eps < 1.0):
-        raise ValueError(
+        raise SmoothingSettingError(
             f"{key}={eps} is out of range: allowed is {EPS_NEGATIVE_BOUND} <= ε < 1 "
             f"(ε < 0 is negative label smoothing; ε = 1 would discard the label entirely)"
         )
@@ -164,12 +172,6 @@ class SmoothingPolicy(nn.Module):
                 self._buffers[name] = torch.empty_like(state_dict[key], device=buf.device)
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
-    def extra_repr(self) -> str:
-        return ", ".join(f"{k}={v}" for k, v in self.hparams().items())
-
-    def hparams(self) -> dict:
-        """The policy's settings, for logs and results.json."""
-        return {}
 
 
 class NoSmoothing(SmoothingPolicy):
@@ -194,13 +196,11 @@ class FixedSmoothing(SmoothingPolicy):
 
     def __init__(self, eps: float = 0.1):
         super().__init__()
-        self.eps = _check_eps_value(eps, "smoothing.eps")
+        self.eps = _check_eps_value(eps, "eps")
 
     def forward(self, logits, targets, index, progress):
         return SmoothingTarget(self.eps)
 
-    def hparams(self):
-        return {"eps": self.eps}
 
 
 ANNEAL_SCHEDULES = ("linear", "cosine", "exponential", "step")
@@ -238,7 +238,7 @@ def annealed_eps(
         else:
             return eps_start * (end / eps_start) ** t
     else:
-        raise ValueError(f"smoothing.schedule={schedule!r}: allowed are {', '.join(ANNEAL_SCHEDULES)}")
+        raise SmoothingSettingError(f"schedule={schedule!r}: allowed are {', '.join(ANNEAL_SCHEDULES)}")
     return eps_start + (eps_end - eps_start) * w
 
 
@@ -256,14 +256,14 @@ class AnnealedSmoothing(SmoothingPolicy):
         num_steps: int = 4,
     ):
         super().__init__()
-        self.eps_start = _check_eps_value(eps_start, "smoothing.eps_start")
-        self.eps_end = _check_eps_value(eps_end, "smoothing.eps_end")
+        self.eps_start = _check_eps_value(eps_start, "eps_start")
+        self.eps_end = _check_eps_value(eps_end, "eps_end")
         if schedule not in ANNEAL_SCHEDULES:
-            raise ValueError(f"smoothing.schedule={schedule!r}: allowed are {', '.join(ANNEAL_SCHEDULES)}")
+            raise SmoothingSettingError(f"schedule={schedule!r}: allowed are {', '.join(ANNEAL_SCHEDULES)}")
         if not 0.0 <= hold_fraction < 1.0:
-            raise ValueError(f"smoothing.hold_fraction={hold_fraction}: allowed is 0 <= hold_fraction < 1")
+            raise SmoothingSettingError(f"hold_fraction={hold_fraction}: allowed is 0 <= hold_fraction < 1")
         if int(num_steps) < 1:
-            raise ValueError(f"smoothing.num_steps={num_steps}: allowed is an integer >= 1")
+            raise SmoothingSettingError(f"num_steps={num_steps}: allowed is an integer >= 1")
         self.schedule, self.hold_fraction, self.num_steps = schedule, float(hold_fraction), int(num_steps)
 
     def eps_at(self, fraction: float) -> float:
@@ -272,9 +272,6 @@ class AnnealedSmoothing(SmoothingPolicy):
     def forward(self, logits, targets, index, progress):
         return SmoothingTarget(self.eps_at(progress.fraction))
 
-    def hparams(self):
-        return {"eps_start": self.eps_start, "eps_end": self.eps_end, "schedule": self.schedule,
-                "hold_fraction": self.hold_fraction, "num_steps": self.num_steps}
 
 
 ADAPTIVE_SIGNALS = ("max_prob", "entropy", "true_class_prob")
@@ -294,7 +291,7 @@ def confidence_signal(probs: Tensor, targets: Tensor, signal: str) -> Tensor:
         return 1.0 - entropy / math.log(probs.shape[-1])
     if signal == "true_class_prob":
         return 1.0 - probs.gather(1, targets.long().unsqueeze(1)).squeeze(1)
-    raise ValueError(f"smoothing.signal={signal!r}: allowed are {', '.join(ADAPTIVE_SIGNALS)}")
+    raise SmoothingSettingError(f"signal={signal!r}: allowed are {', '.join(ADAPTIVE_SIGNALS)}")
 
 
 class AdaptiveSmoothing(SmoothingPolicy):
@@ -318,18 +315,18 @@ class AdaptiveSmoothing(SmoothingPolicy):
         ema: float = 0.0,
     ):
         super().__init__()
-        self.eps_min = _check_eps_value(eps_min, "smoothing.eps_min")
-        self.eps_max = _check_eps_value(eps_max, "smoothing.eps_max")
+        self.eps_min = _check_eps_value(eps_min, "eps_min")
+        self.eps_max = _check_eps_value(eps_max, "eps_max")
         if self.eps_min > self.eps_max:
-            raise ValueError(f"smoothing.eps_min={eps_min} > smoothing.eps_max={eps_max}: need eps_min <= eps_max")
+            raise SmoothingSettingError(f"eps_min={eps_min} > eps_max={eps_max}: need eps_min <= eps_max")
         if signal not in ADAPTIVE_SIGNALS:
-            raise ValueError(f"smoothing.signal={signal!r}: allowed are {', '.join(ADAPTIVE_SIGNALS)}")
+            raise SmoothingSettingError(f"signal={signal!r}: allowed are {', '.join(ADAPTIVE_SIGNALS)}")
         if int(warmup_epochs) < 0:
-            raise ValueError(f"smoothing.warmup_epochs={warmup_epochs}: allowed is an integer >= 0")
+            raise SmoothingSettingError(f"warmup_epochs={warmup_epochs}: allowed is an integer >= 0")
         if not 0.0 <= ema < 1.0:
-            raise ValueError(f"smoothing.ema={ema}: allowed is 0 <= ema < 1 (0 turns the moving average off)")
+            raise SmoothingSettingError(f"ema={ema}: allowed is 0 <= ema < 1 (0 turns the moving average off)")
         self.signal, self.warmup_epochs, self.ema = signal, int(warmup_epochs), float(ema)
-        self.warmup_eps = _check_eps_value(warmup_eps, "smoothing.warmup_eps")
+        self.warmup_eps = _check_eps_value(warmup_eps, "warmup_eps")
         # Each sample's moving-average prediction and whether it has been seen; sized in setup().
         self.register_buffer("memory", torch.empty(0, 0))
         self.register_buffer("seen", torch.empty(0, dtype=torch.bool))
@@ -359,9 +356,6 @@ class AdaptiveSmoothing(SmoothingPolicy):
         score = confidence_signal(probs, targets, self.signal)
         return SmoothingTarget(self.eps_min + (self.eps_max - self.eps_min) * score)
 
-    def hparams(self):
-        return {"eps_min": self.eps_min, "eps_max": self.eps_max, "signal": self.signal,
-                "warmup_epochs": self.warmup_epochs, "warmup_eps": self.warmup_eps, "ema": self.ema}
 
 
 OLS_INITS = ("uniform", "onehot")
@@ -390,11 +384,11 @@ class OnlineSmoothing(SmoothingPolicy):
     def __init__(self, alpha: float = 0.5, init: str = "uniform"):
         super().__init__()
         if not 0.0 < float(alpha) < 1.0:
-            raise ValueError(f"smoothing.alpha={alpha}: allowed is 0 < alpha < 1 (the weight of the soft target; "
+            raise SmoothingSettingError(f"alpha={alpha}: allowed is 0 < alpha < 1 (the weight of the soft target; "
                              f"the paper uses 0.5)")
         self.alpha = float(alpha)
         if init not in OLS_INITS:
-            raise ValueError(f"smoothing.init={init!r}: allowed are {', '.join(OLS_INITS)}")
+            raise SmoothingSettingError(f"init={init!r}: allowed are {', '.join(OLS_INITS)}")
         self.init = init
         self._epoch = 0  # the epoch whose statistics `sums`/`counts` hold (checkpointed as extra state)
         self.register_buffer("soft", torch.empty(0, 0))
@@ -443,8 +437,6 @@ class OnlineSmoothing(SmoothingPolicy):
     def set_extra_state(self, state: dict) -> None:
         self._epoch = int(state["epoch"])
 
-    def hparams(self):
-        return {"alpha": self.alpha, "init": self.init}
 
 
 class SelfDistillation(SmoothingPolicy):
@@ -467,7 +459,7 @@ class SelfDistillation(SmoothingPolicy):
     def __init__(self, alpha_T: float = 0.8):
         super().__init__()
         if not 0.0 <= float(alpha_T) < 1.0:
-            raise ValueError(f"smoothing.alpha_T={alpha_T}: allowed is 0 <= alpha_T < 1 (the paper uses 0.8)")
+            raise SmoothingSettingError(f"alpha_T={alpha_T}: allowed is 0 <= alpha_T < 1 (the paper uses 0.8)")
         self.alpha_T = float(alpha_T)
         self.register_buffer("predictions", torch.empty(0, 0))
         self.register_buffer("seen", torch.empty(0, dtype=torch.bool))
@@ -496,5 +488,3 @@ class SelfDistillation(SmoothingPolicy):
         self._store(index, logits.float().softmax(dim=-1))
         return SmoothingTarget(eps, previous)
 
-    def hparams(self):
-        return {"alpha_T": self.alpha_T}

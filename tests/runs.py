@@ -82,14 +82,17 @@ def run_config(cfg: DictConfig, output_dir: Path) -> dict:
         if "hydra" in cfg:
             cfg.hydra.runtime.output_dir = str(output_dir)
             cfg.hydra.job.num = 0
-    if "hydra" in cfg:
-        from hydra.core.hydra_config import HydraConfig
+    from hydra.core.hydra_config import HydraConfig
 
+    if "hydra" in cfg:
         HydraConfig().set_config(cfg)
         with open_dict(cfg):
             del cfg["hydra"]
-    with one_thread():
-        return run(cfg)
+    try:
+        with one_thread():
+            return run(cfg)
+    finally:
+        HydraConfig.instance().cfg = None  # the next run in this process is not this job
 
 
 def run_in(output_dir: Path, *overrides: str, preset: tuple[str, ...] = TINY) -> dict:
@@ -118,11 +121,6 @@ def entry_point(*overrides: str, run_dir: Path, preset: tuple[str, ...] = TINY, 
 # ---------------------------------------------------------------------------------------------------------------------
 # Faults
 # ---------------------------------------------------------------------------------------------------------------------
-
-
-def must_not_be_built(**kwargs):
-    """A model target for tests that must fail before the model is built."""
-    raise AssertionError("the model was built before the configuration error was reported")
 
 
 class Crash(RuntimeError):

@@ -7,7 +7,8 @@ import math
 import numpy as np
 import pytest
 
-from adaptive_ls.config import ConfigError, OutputDirError, ResumePlan, check_resumed_labels, validate_config
+from adaptive_ls.config import ConfigError, OutputDirError, build_run
+from adaptive_ls.resume import ResumePlan, check_resumed_labels
 from tests.runs import CONF_DIR, TINY, compose, entry_point, run_in, write_cifar10
 
 # (overrides, what the one-line message must say): the key and value given, then what is allowed.
@@ -21,12 +22,12 @@ NO_DATA_NEEDED = [
      ["smoothing.eps_min=0.5 > smoothing.eps_max=0.2", "eps_min <= eps_max"]),
     (["smoothing=adaptive", "smoothing.signal=margin"], ["smoothing.signal='margin'", "max_prob, entropy"]),
     (["+smoothing.epss=0.1", "smoothing=fixed"], ["smoothing:", "unexpected keyword argument 'epss'"]),
-    (["noise.rate=1.0"], ["noise.rate", "[0, 1)", "1.0"]),
-    (["noise.rate=-0.1"], ["noise.rate", "[0, 1)", "-0.1"]),
+    (["noise.rate=1.0"], ["noise.rate=1.0", "0 <= rate < 1"]),
+    (["noise.rate=-0.1"], ["noise.rate=-0.1", "0 <= rate < 1"]),
     (["noise=symmetric", "noise.rate=0.95"], ["noise.rate=0.95", "symmetric", "(K-1)/K"]),
     (["noise=asymmetric", "noise.rate=0.5"], ["noise.rate=0.5", "asymmetric", "< 0.5"]),
     (["noise=pairflip", "noise.rate=0.6"], ["noise.rate=0.6", "pairflip", "< 0.5"]),
-    (["noise.kind=gaussian"], ["noise.kind", "'gaussian'", "'symmetric'"]),
+    (["noise._target_=adaptive_ls.noise.GaussianNoise"], ["noise._target_", "GaussianNoise"]),
     (["noise=asymmetric", "noise.class_map={3: 12}"], ["noise.class_map", "12", "ids in [0, 10)"]),
     (["data=cifar10", "noise=asymmetric", "noise.class_map={zebra: cat}"],
      ["noise.class_map", "'zebra'", "'airplane'"]),
@@ -36,8 +37,10 @@ NO_DATA_NEEDED = [
     (["data.val_size=-1"], ["data.val_size=-1", "integer >= 0"]),
     (["resume=maybe"], ["resume='maybe'", "auto, true, false"]),
     (["seed=-1"], ["seed=-1", "integer >= 0"]),
-    (["eval_tta=flip"], ["eval_tta='flip'", "none, hflip"]),
-    (["norm_bias_lr_scale=0"], ["norm_bias_lr_scale=0", "positive number"]),
+    (["module.eval_tta=flip"], ["module.eval_tta='flip'", "none, hflip"]),
+    (["module.norm_bias_lr_scale=0"], ["module.norm_bias_lr_scale=0", "positive number"]),
+    (["callbacks.diagnostics.mode=train"], ["callbacks.diagnostics.mode='train'", "train_outputs, eval_pass"]),
+    (["logger=wandb", "logger.wandb.mode=sometimes"], ["logger.wandb.mode='sometimes'", "auto, online"]),
     (["optimized_metric=test/acc"], ["optimized_metric='test/acc'", "val/"]),
     (["trainer.max_epochs=0"], ["trainer.max_epochs=0", "integer >= 1"]),
 ]
@@ -51,21 +54,22 @@ def assert_one_line(error: BaseException, *parts: str) -> None:
 
 
 @pytest.mark.parametrize("overrides, parts", NO_DATA_NEEDED, ids=[" ".join(o) for o, _ in NO_DATA_NEEDED])
-def test_settings_checked_before_any_data(overrides, parts):
+def test_settings_checked_before_any_data(tmp_path, overrides, parts):
     with pytest.raises(ConfigError) as error:
-        validate_config(compose(*TINY, *overrides))
+        run_in(tmp_path / "run", *overrides)
     assert_one_line(error.value, *parts)
+    assert not (tmp_path / "run" / "noisy_labels.npy").exists()  # nothing was loaded
 
 
 def test_default_config_is_valid():
-    validate_config(compose(*TINY))
-    validate_config(compose(*TINY, "data=cifar10", "noise=asymmetric", "smoothing=adaptive"))
+    build_run(compose(*TINY))
+    build_run(compose(*TINY, "data=cifar10", "noise=asymmetric", "smoothing=adaptive"))
 
 
-# Checks that need the data run when it is loaded, before the model is built (its target would raise).
+# Checks that need the data run when it is loaded, before training starts.
 @pytest.mark.parametrize("case", ["val_split_too_large", "dataset_missing", "checksum_mismatch"])
-def test_data_checks_fail_before_the_model_is_built(tmp_path, case):
-    overrides = ["model._target_=tests.runs.must_not_be_built"]
+def test_data_checks_fail_before_training(tmp_path, case):
+    overrides = []
     if case == "val_split_too_large":
         overrides += ["data.val_size=5000"]
         parts = ["data.val_size=5000", "smaller than the training set (1438 images)"]
@@ -89,8 +93,7 @@ def test_label_file_checked_against_the_data(tmp_path, case):
     labels[-1] = 0 if case == "wrong_length" else 10
     np.save(tmp_path / "labels.npy", labels)
     with pytest.raises(ConfigError) as error:
-        run_in(tmp_path / "run", "noise=file", f"noise.path={tmp_path / 'labels.npy'}",
-               "model._target_=tests.runs.must_not_be_built")
+        run_in(tmp_path / "run", "noise=file", f"noise.path={tmp_path / 'labels.npy'}")
     expected = ["noise.path", "100 labels", "1438"] if case == "wrong_length" else ["noise.path", "[0, 10)"]
     assert_one_line(error.value, *expected)
 
@@ -137,7 +140,8 @@ def test_a_completed_run_dir_is_refused_and_left_alone(tmp_path):
 def test_failed_jobs_are_recorded_and_reported(tmp_path, capsys, monkeypatch):
     """What main does with a failure: one line and an exit code alone, NaN (the sweep goes on) in a multirun."""
     from adaptive_ls.config import RunCompleted
-    from adaptive_ls.train import NonFiniteLossError, handle_failure
+    from adaptive_ls.callbacks import NonFiniteLossError
+    from adaptive_ls.train import handle_failure
 
     monkeypatch.delenv("HYDRA_FULL_ERROR", raising=False)
     cfg = compose(*TINY, f"paths.output_dir={tmp_path}")
@@ -172,14 +176,14 @@ def test_ddp_processes_cannot_be_started_inside_a_multirun(monkeypatch):
     for name in ("SLURM_NTASKS", "SLURM_JOB_NAME", "TORCHELASTIC_RUN_ID"):
         monkeypatch.delenv(name, raising=False)
     with pytest.raises(ConfigError) as error:
-        validate_config(compose(*TINY, "trainer=ddp", "trainer.devices=2"))
+        build_run(compose(*TINY, "trainer=ddp", "trainer.devices=2"))
     assert_one_line(error.value, "trainer.strategy=ddp", "trainer.devices=2", "hydra/launcher=submitit_slurm",
                     "tasks_per_node=2")
-    validate_config(compose(*TINY, "trainer=ddp", "trainer.devices=1"))  # one process: nothing to start
+    build_run(compose(*TINY, "trainer=ddp", "trainer.devices=1"))  # one process: nothing to start
 
 
 def test_a_moved_dataset_does_not_block_a_resume_but_other_settings_do():
-    from adaptive_ls.config import config_differences
+    from adaptive_ls.resume import config_differences
 
     saved = {"data": {"root": "/data1", "batch_size": 64}, "noise": {"path": "/data1/h.pt", "rate": 0.4}}
     moved = {"data": {"root": "/data2", "batch_size": 64}, "noise": {"path": "/data2/h.pt", "rate": 0.4}}

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import json
 
+import hydra
 import pytest
 import pytorch_lightning as pl
 import torch
 import torch.multiprocessing as mp
 
-from adaptive_ls.config import instantiate_datamodule
 from adaptive_ls.smoothing import AdaptiveSmoothing, Progress
 from tests.ddp_worker import K, N, WORLD, policy_on_rank, steps
 from tests.runs import TINY, compose, entry_point, one_thread
@@ -36,7 +36,7 @@ def test_each_process_trains_on_its_own_equal_shard(loader):
     sees the same batches), evaluation sets whole in every process."""
     from types import SimpleNamespace
 
-    datamodule = instantiate_datamodule(compose(*TINY, f"data.loader={loader}"))
+    datamodule = hydra.utils.instantiate(compose(*TINY, f"data.loader={loader}").data)
     datamodule.setup("fit")
 
     def epoch_indices(rank: int, epoch: int, split: str = "train") -> list[int]:
@@ -69,7 +69,7 @@ def test_ddp_run_on_two_cpu_processes(tmp_path):
 
     # the memory holds both processes' samples (rank 0 alone sees half an epoch's samples)
     checkpoint = torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
-    datamodule = instantiate_datamodule(compose(*TINY, *settings))
+    datamodule = hydra.utils.instantiate(compose(*TINY, *settings).data)
     datamodule.setup("fit")
     seen = checkpoint["state_dict"]["smoothing.seen"]
     assert seen[datamodule.train_index].float().mean() > 0.95 and not seen[datamodule.val_index].any()

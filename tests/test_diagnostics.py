@@ -7,12 +7,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from adaptive_ls.callbacks import EpochHistory
 from adaptive_ls.data import DigitsDataModule
 from adaptive_ls.diagnostics import NoiseDiagnostics, eps_sums, prediction_counts, summarize
 from adaptive_ls.models import small_cnn
 from adaptive_ls.module import LabelSmoothingClassifier
+from adaptive_ls.noise import NoNoise, SymmetricNoise
 from adaptive_ls.smoothing import FixedSmoothing
-from adaptive_ls.train import EpochHistory
 
 
 def test_counts_and_fractions_by_hand():
@@ -37,9 +38,9 @@ def test_counts_and_fractions_by_hand():
 
 
 def test_bad_settings_name_the_key():
-    with pytest.raises(ValueError, match="diagnostics.mode='train'"):
+    with pytest.raises(ValueError, match="^mode='train'"):
         NoiseDiagnostics(mode="train")
-    with pytest.raises(ValueError, match="diagnostics.every_n_epochs=0"):
+    with pytest.raises(ValueError, match="^every_n_epochs=0"):
         NoiseDiagnostics(every_n_epochs=0)
 
 
@@ -65,7 +66,7 @@ class Oracle(pl.LightningModule):
 
 def noisy_digits(**kw) -> DigitsDataModule:
     # 1,288 training images = 14 batches of 92: every sample is seen once per epoch (drop_last drops nothing)
-    datamodule = DigitsDataModule(noise={"kind": "symmetric", "rate": 0.4}, batch_size=92, **kw)
+    datamodule = DigitsDataModule(noise=SymmetricNoise(0.4), batch_size=92, **kw)
     datamodule.setup("fit")
     assert len(datamodule.train_index) % datamodule.batch_size == 0
     return datamodule
@@ -133,7 +134,7 @@ def test_eval_pass_matches_a_manual_pass_over_the_training_split():
 
 
 def test_not_applied_without_corrupted_labels():
-    clean = DigitsDataModule(noise={"kind": "none", "rate": 0.0})
+    clean = DigitsDataModule(noise=NoNoise())
     clean.setup("fit")
     assert not NoiseDiagnostics.applies_to(clean)
     assert NoiseDiagnostics.applies_to(noisy_digits())
@@ -142,7 +143,7 @@ def test_not_applied_without_corrupted_labels():
 def test_history_rows_hold_only_what_was_measured_in_their_epoch(tmp_path):
     from tests.runs import run_in
 
-    results = run_in(tmp_path / "run", "trainer.max_epochs=5", "diagnostics.every_n_epochs=3",
+    results = run_in(tmp_path / "run", "trainer.max_epochs=5", "callbacks.diagnostics.every_n_epochs=3",
                      "+trainer.check_val_every_n_epoch=2", "noise.rate=0.4")
     history = results["history"]
     assert [row["epoch"] for row in history] == [0, 1, 2, 3, 4]

@@ -43,7 +43,7 @@ def test_new_policies_run_and_report_diagnostics(tmp_path, smoothing, params):
 
 
 def test_calibration_and_temperature_scaling_land_in_results(tmp_path):
-    results = run_entry(tmp_path, "smoothing=fixed", "diagnostics=eval_pass")
+    results = run_entry(tmp_path, "smoothing=fixed", "callbacks.diagnostics.mode=eval_pass")
     for key in ("test/acc", "test/ece", "test/ece_adaptive", "test/mce", "test/nll", "test/brier",
                 "test/temperature", "test/ts_ece", "test/ts_nll", "test/ts_brier", "test/ts_acc"):
         assert np.isfinite(results[key]), key

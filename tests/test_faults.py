@@ -7,11 +7,12 @@ import os
 import signal
 import time
 
+import hydra
 import numpy as np
 import pytest
 import torch
 
-from adaptive_ls.config import ConfigError, OutputDirError, instantiate_datamodule
+from adaptive_ls.config import ConfigError, OutputDirError
 from adaptive_ls.noise import label_hash
 from adaptive_ls.smoothing import AdaptiveSmoothing
 from tests.runs import TINY, Crash, compose, entry_point, run_in
@@ -114,6 +115,6 @@ def test_seeds_fix_the_labels_and_the_numbers(tmp_path, caplog):
     assert f"hash {first['noise/labels_hash']}" in caplog.text
     assert other_seed["history"] != first["history"]  # the training seed does change training
     # and noise_seed alone decides them
-    datamodule = instantiate_datamodule(compose(*TINY, "noise_seed=1"))
+    datamodule = hydra.utils.instantiate(compose(*TINY, "noise_seed=1").data)
     datamodule.setup("fit")
     assert label_hash(datamodule.noisy_labels.numpy()) != first["noise/labels_hash"]

@@ -159,7 +159,7 @@ def test_channels_last_gives_the_same_loss_and_gradients_as_contiguous():
 
 
 def test_channels_last_is_the_default_and_reaches_the_batches():
-    assert compose().channels_last is True
+    assert compose().module.channels_last is True
     module = LabelSmoothingClassifier(small_cnn(width=8))
     module.set_speed_options()
     seen = []
@@ -177,7 +177,7 @@ def test_speed_options_are_checked():
 
 def test_compile_is_off_by_default_and_keeps_checkpoint_keys():
     cfg = compose()
-    assert cfg.compile is False
+    assert cfg.module.compile is False
     plain = LabelSmoothingClassifier(small_cnn(width=8))
     plain.set_speed_options()
     assert plain.compile_net is False and getattr(plain.net, "_compiled_call_impl", None) is None
@@ -216,13 +216,13 @@ def test_default_trainer_config_resolves_for_this_machine():
 def test_progress_bar_is_redrawn_every_n_steps(tmp_path):
     from pytorch_lightning.callbacks import TQDMProgressBar
 
-    from adaptive_ls.train import build_callbacks
+    from adaptive_ls.train import instantiate_callbacks
 
-    cfg = compose("progress_bar_refresh_rate=7", f"paths.output_dir={tmp_path}")
-    bars = [c for c in build_callbacks(cfg, tmp_path, True, "hash").values() if isinstance(c, TQDMProgressBar)]
+    cfg = compose("callbacks.progress_bar.refresh_rate=7", f"paths.output_dir={tmp_path}")
+    bars = [c for c in instantiate_callbacks(cfg) if isinstance(c, TQDMProgressBar)]
     assert len(bars) == 1 and bars[0].refresh_rate == 7
     cfg = compose("trainer.enable_progress_bar=false", f"paths.output_dir={tmp_path}")
-    assert not any(isinstance(c, TQDMProgressBar) for c in build_callbacks(cfg, tmp_path, True, "hash").values())
+    assert not any(isinstance(c, TQDMProgressBar) for c in instantiate_callbacks(cfg))
 
 
 # -- per-epoch training metrics ---------------------------------------------------------------------------------------

@@ -10,7 +10,8 @@ import pandas as pd
 import pytest
 from omegaconf import OmegaConf
 
-from adaptive_ls import report, wandb_logging
+from adaptive_ls import loggers, report
+from tests import wandb_records
 from tests.runs import TINY, compose, entry_point
 
 # Sweeps run several jobs: one epoch of 2 training batches each.
@@ -36,11 +37,11 @@ def test_submitit_local_sweep_one_wandb_run_per_job_failures_recorded_and_a_corr
         ok = "val_size=150" in " ".join(OmegaConf.load(job / ".hydra" / "overrides.yaml"))
         assert r["status"] == ("completed" if ok else "failed")
         assert f"job {num + 1} of 4:" in (job / "train.log").read_text()  # sweep progress, from multirun.yaml
-        [run_dir] = wandb_logging.offline_runs(job)
-        rec = wandb_logging.read_offline_run(run_dir, wait_s=30)
+        [run_dir] = wandb_records.offline_runs(job)
+        rec = wandb_records.read_offline_run(run_dir, wait_s=30)
         runs[rec.id] = rec
         assert rec.id == r["wandb/id"]
-        assert rec.group == wandb_logging.sweep_group(sweep) == r["wandb/group"]
+        assert rec.group == loggers.sweep_group(sweep) == r["wandb/group"]
         assert rec.job_type == "train" and rec.tags == ["fixed", "symmetric", "rate=0.4"]
         assert rec.name == f"{num}-fixed-symmetric0.4-seed{r['seed']}"
         assert rec.config["seed"] == r["seed"] and rec.config["hydra"]["job_num"] == num

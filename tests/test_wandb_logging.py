@@ -8,8 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from adaptive_ls import wandb_logging
+from adaptive_ls import loggers
 from adaptive_ls.train import run
+from tests import wandb_records
 from tests.runs import Crash, compose_run, entry_point
 
 # Each job here starts and finishes a W&B run: 3 training batches an epoch keep it short.
@@ -20,26 +21,26 @@ THREE_BATCHES = "++trainer.limit_train_batches=3"
 
 
 def test_auto_mode_is_offline_without_credentials_and_online_with_them(wandb_env, monkeypatch):
-    assert wandb_logging.resolve_mode("auto") == "offline"
+    assert loggers.resolve_mode("auto") == "offline"
     netrc = Path(wandb_env) / "netrc"
     netrc.parent.mkdir(parents=True, exist_ok=True)
     netrc.write_text("machine api.wandb.ai\n  login user\n  password " + "a" * 40 + "\n")
     netrc.chmod(0o600)
-    assert wandb_logging.has_credentials()
-    assert wandb_logging.resolve_mode("auto") == "online"
+    assert loggers.has_credentials()
+    assert loggers.resolve_mode("auto") == "online"
     netrc.unlink()
     monkeypatch.setenv("WANDB_API_KEY", "b" * 40)
-    assert wandb_logging.resolve_mode("auto") == "online"
+    assert loggers.resolve_mode("auto") == "online"
     monkeypatch.setenv("WANDB_MODE", "offline")  # the environment decides `auto` too
-    assert wandb_logging.resolve_mode("auto") == "offline"
-    assert wandb_logging.resolve_mode("disabled") == "disabled"  # an explicit mode wins
+    assert loggers.resolve_mode("auto") == "offline"
+    assert loggers.resolve_mode("disabled") == "disabled"  # an explicit mode wins
 
 
 def test_bad_modes_fail_early_with_the_key_to_change(wandb_env):
-    with pytest.raises(ValueError, match=r"logger\.wandb\.mode='sometimes'.*auto, online, offline, disabled"):
-        wandb_logging.resolve_mode("sometimes")
-    with pytest.raises(ValueError, match=r"logger\.wandb\.mode=online but no W&B credentials"):
-        wandb_logging.resolve_mode("online")
+    with pytest.raises(ValueError, match=r"^mode='sometimes'.*auto, online, offline, disabled"):
+        loggers.resolve_mode("sometimes")
+    with pytest.raises(ValueError, match=r"^mode=online but no W&B credentials"):
+        loggers.resolve_mode("online")
 
 
 # -- one run per job ---------------------------------------------------------------------------------------------------
@@ -49,12 +50,11 @@ def test_job_writes_one_offline_run_with_history_summary_config_and_media(wandb_
     out = tmp_path / "job"
     cfg = compose_run(out, THREE_BATCHES, "logger=wandb", "smoothing=fixed", "smoothing.eps=0.2", "noise.rate=0.3",
                       "logger.wandb.tags=[mine]")
-    with wandb_logging.wandb_job(cfg):
-        results = run(cfg)
+    results = run(cfg)
 
-    runs = wandb_logging.offline_runs(out)
+    runs = wandb_records.offline_runs(out)
     assert len(runs) == 1 and runs[0].parent == out / "wandb"  # inside the job's folder
-    rec = wandb_logging.read_offline_run(runs[0], wait_s=30)
+    rec = wandb_records.read_offline_run(runs[0], wait_s=30)
     assert rec.exit_code == 0
     assert rec.group == out.parent.name + "-" + out.name and rec.job_type == "train"
     assert rec.tags == ["fixed", "symmetric", "rate=0.3", "mine"]
@@ -82,19 +82,17 @@ def test_failed_job_finishes_its_run_and_the_next_job_gets_a_new_one(wandb_env, 
     # fails after the run has started
     bad = compose_run(tmp_path / "bad", THREE_BATCHES, "logger=wandb", "data.val_size=100000")
     with pytest.raises(ValueError, match="data.val_size=100000"):
-        with wandb_logging.wandb_job(bad):
-            run(bad)
+        run(bad)
     good = compose_run(tmp_path / "good", THREE_BATCHES, "logger=wandb", "trainer.max_epochs=1")
-    with wandb_logging.wandb_job(good):
-        run(good)
+    run(good)
 
-    failed = wandb_logging.read_offline_run(wandb_logging.offline_runs(tmp_path / "bad")[0], wait_s=30)
+    failed = wandb_records.read_offline_run(wandb_records.offline_runs(tmp_path / "bad")[0], wait_s=30)
     assert failed.exit_code == 1
     assert failed.summary["status"] == "failed" and "data.val_size=100000" in failed.summary["error"]
     assert failed.config["data"]["val_size"] == 100000  # a failed job still shows what it was asked to do
     recorded = json.loads((tmp_path / "bad" / "results.json").read_text())
     assert recorded["status"] == "failed" and recorded["wandb/id"] == failed.id
-    done = wandb_logging.read_offline_run(wandb_logging.offline_runs(tmp_path / "good")[0], wait_s=30)
+    done = wandb_records.read_offline_run(wandb_records.offline_runs(tmp_path / "good")[0], wait_s=30)
     assert done.exit_code == 0 and done.id != failed.id
     assert not any("train/loss" in h for h in failed.history)  # the second job did not log into the first run
 
@@ -104,30 +102,25 @@ def test_a_resumed_job_logs_into_its_first_run_and_a_refused_one_writes_nothing(
     crash = ("+callbacks.crash._target_=tests.runs.CrashAt", "+callbacks.crash.epoch=1")
     first = compose_run(out, THREE_BATCHES, "logger=wandb", *crash)
     with pytest.raises(Crash):
-        with wandb_logging.wandb_job(first):
-            run(first)
+        run(first)
     resumed = compose_run(out, THREE_BATCHES, "logger=wandb")  # the same job again, same folder: from last.ckpt
-    with wandb_logging.wandb_job(resumed):
-        results = run(resumed)
+    results = run(resumed)
     assert results["resumed_from_epoch"] == 0
-    attempts = [wandb_logging.read_offline_run(path, wait_s=30) for path in wandb_logging.offline_runs(out)]
+    attempts = [wandb_records.read_offline_run(path, wait_s=30) for path in wandb_records.offline_runs(out)]
     assert len(attempts) == 2 and attempts[0].id == attempts[1].id  # `wandb sync` merges them into one run
     assert json.loads((out / "results.json").read_text())["wandb/id"] == attempts[0].id
 
     files_before = sorted(p.relative_to(out) for p in out.rglob("*"))
     again = compose_run(out, THREE_BATCHES, "logger=wandb")  # the folder now holds a completed run: refused, left alone
     with pytest.raises(Exception, match="already holds a completed run"):
-        with wandb_logging.wandb_job(again):
-            run(again)
+        run(again)
     assert sorted(p.relative_to(out) for p in out.rglob("*")) == files_before
 
 
 def test_disabled_mode_logs_nothing(wandb_env, tmp_path):
     cfg = compose_run(tmp_path / "job", THREE_BATCHES, "logger=wandb", "logger.wandb.mode=disabled",
                       "trainer.max_epochs=1")
-    with wandb_logging.wandb_job(cfg) as job:
-        run(cfg)
-    assert job is None
+    run(cfg)
     assert not (tmp_path / "job" / "wandb").exists()
     assert (tmp_path / "job" / "csv" / "metrics.csv").is_file()  # the CSV log is kept alongside
 
@@ -177,7 +170,7 @@ def test_reader_reassembles_records_split_across_blocks_and_rejects_corruption(t
     path = tmp_path / "run-abc.wandb"
     _write_record_log(path, records)
 
-    rec = wandb_logging.read_offline_run(path)
+    rec = wandb_records.read_offline_run(path)
     assert (rec.id, rec.group, rec.tags, rec.exit_code) == ("abc", "g", ["x", "y"], 3)
     assert [h["big"][-1] for h in rec.history] == ["0", "1", "2"]
     assert [h["img"] for h in rec.history] == [{"width": 0}, {"width": 1}, {"width": 2}]
@@ -186,10 +179,10 @@ def test_reader_reassembles_records_split_across_blocks_and_rejects_corruption(t
     data[40000] ^= 0xFF
     path.write_bytes(bytes(data))
     with pytest.raises(ValueError, match="checksum"):
-        wandb_logging.read_offline_run(path)
+        wandb_records.read_offline_run(path)
     path.write_bytes(b"not a run file")
     with pytest.raises(ValueError, match="not a W&B run file"):
-        wandb_logging.read_offline_run(path)
+        wandb_records.read_offline_run(path)
 
 
 def test_a_bad_wandb_mode_stops_the_job_in_one_line(wandb_env, tmp_path):

@@ -1,0 +1,142 @@
+"""The run's Lightning callbacks besides checkpoints and diagnostics: per-epoch history, the NaN guard, W&B media.
+
+Each is built from ``conf/callbacks/<name>.yaml``. They talk to the module and to each other through types:
+:class:`PeriodicMetrics` for a callback that measures only in some epochs, the module's ``TrainingStepOutput`` for
+what a training step hands them.
+"""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Optional
+
+import pytorch_lightning as pl
+import torch
+
+log = logging.getLogger(__name__)
+
+
+class PeriodicMetrics(pl.Callback):
+    """A callback that logs metrics named ``<metric_prefix>...`` in some epochs only (``last_logged_epoch`` says
+    which was the latest): :class:`EpochHistory` records them only in the epochs they were measured."""
+
+    metric_prefix: str = ""
+
+    def __init__(self):
+        super().__init__()
+        self.last_logged_epoch = -1
+
+
+class EpochHistory(pl.Callback):
+    """Keeps every epoch's logged metrics (train, val, ε, diagnostics) for results.json and the sweep report.
+
+    Recorded at the end of each training epoch (validation has run, the epoch's aggregates are computed) and before
+    that epoch's checkpoint is written, so a resumed run carries its whole history. Lightning's callback_metrics keep
+    a key's last value across epochs; a row holds only what was measured in its epoch: ``val/`` keys when validation
+    ran, and a :class:`PeriodicMetrics` callback's keys when it measured.
+    """
+
+    def __init__(self):
+        self.history: list[dict[str, float]] = []
+        self._validated_epoch = -1
+
+    def on_validation_epoch_end(self, trainer, pl_module):
+        if not trainer.sanity_checking and trainer.state.fn == "fit":
+            self._validated_epoch = trainer.current_epoch
+
+    def _stale_prefixes(self, trainer) -> tuple[str, ...]:
+        stale = [] if self._validated_epoch == trainer.current_epoch else ["val/"]
+        stale += [cb.metric_prefix for cb in trainer.callbacks
+                  if isinstance(cb, PeriodicMetrics) and cb.last_logged_epoch != trainer.current_epoch]
+        return ("test/", *stale)
+
+    def on_train_epoch_end(self, trainer, pl_module):
+        if trainer.sanity_checking or (self.history and self.history[-1]["epoch"] >= trainer.current_epoch):
+            return
+        stale = self._stale_prefixes(trainer)
+        row = {"epoch": trainer.current_epoch}
+        row.update({k: float(v) for k, v in trainer.callback_metrics.items() if not k.startswith(stale)})
+        self.history.append(row)
+
+    def state_dict(self) -> dict:
+        return {"history": self.history}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        self.history = list(state_dict["history"])
+
+
+class NonFiniteLossError(FloatingPointError):
+    """The training loss became NaN or infinite: the run cannot recover by itself."""
+
+
+class NonFiniteLossGuard(pl.Callback):
+    """Stops a run whose training loss became NaN/inf, with an error that says when and what to try.
+
+    Each step updates a flag on the device (the first non-finite batch of the epoch; no host sync). The flag is read
+    once per epoch, in ``on_train_epoch_end`` before the epoch's checkpoint is written, so ``last.ckpt`` keeps the
+    last finite weights. The price of the once-per-epoch check: the rest of a diverged epoch (and its validation)
+    runs in vain. Under DDP the flags are combined over all processes, so all of them stop together.
+    """
+
+    NONE = torch.iinfo(torch.long).max  # no non-finite batch yet: the identity of the "min" that combines processes
+
+    def __init__(self):
+        self._first_bad: Optional[torch.Tensor] = None
+
+    def on_train_epoch_start(self, trainer, pl_module):
+        self._first_bad = torch.full((), self.NONE, dtype=torch.long, device=pl_module.device)
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        if self._first_bad is None or outputs is None:
+            return
+        bad = ~torch.isfinite(outputs["loss"].detach()).all()
+        self._first_bad = torch.where(bad & (self._first_bad == self.NONE), batch_idx, self._first_bad)
+
+    def on_train_epoch_end(self, trainer, pl_module):
+        if self._first_bad is None:
+            return
+        # the earliest bad batch of any process (one device: the flag itself); the one host sync, once per epoch
+        batch = int(trainer.strategy.reduce(self._first_bad, reduce_op="min"))
+        if batch != self.NONE:
+            peak = sorted({g.get("initial_lr", g["lr"]) for opt in trainer.optimizers for g in opt.param_groups})
+            kept = "; checkpoints/last.ckpt holds the last finite epoch" if trainer.current_epoch > 0 else ""
+            raise NonFiniteLossError(
+                f"non-finite training loss (NaN/inf) at epoch {trainer.current_epoch}, batch {batch}: training "
+                f"diverged. Lower the learning rate (optimizer.lr={', '.join(f'{lr:g}' for lr in peak)}) or check "
+                f"the smoothing settings (a large negative eps makes the loss unbounded below){kept}")
+
+
+class WandbMedia(pl.Callback):
+    """Logs the noisy labels' transition matrix (a table and a heatmap) and the test reliability diagram of the final
+    weights to the trainer's W&B loggers, from the data module and the module in memory; also saves both as PNGs in
+    ``save_dir`` (the job's folder). Does nothing without a W&B logger."""
+
+    def __init__(self, save_dir: Optional[str] = None):
+        self.save_dir = Path(save_dir) if save_dir else None
+        self._logged = False
+
+    def on_test_end(self, trainer, pl_module):
+        from pytorch_lightning.loggers import WandbLogger
+
+        runs = [lg.experiment for lg in trainer.loggers if isinstance(lg, WandbLogger) and trainer.is_global_zero]
+        bins = getattr(pl_module, "test_reliability", None)
+        if self._logged or not runs or bins is None:  # once: the final weights are tested first
+            return
+        import wandb
+
+        from adaptive_ls.plots import class_labels, reliability_diagram, save_figure, transition_figure
+
+        matrix = trainer.datamodule.transition_matrix()
+        names = class_labels(getattr(trainer.datamodule, "class_names", None), matrix.shape[0])
+        figures = {"noise/transition_heatmap": (transition_figure(matrix, names), "noise_transition.png"),
+                   "test/reliability_diagram": (reliability_diagram({k: v.cpu() for k, v in bins.items()},
+                                                                    title="Test reliability"), "reliability.png")}
+        media = {"noise/transition_matrix": wandb.Table(
+            columns=["true label", *names], data=[[names[i], *map(float, row)] for i, row in enumerate(matrix)])}
+        for key, (figure, filename) in figures.items():
+            media[key] = wandb.Image(figure)
+            if self.save_dir is not None:
+                save_figure(figure, self.save_dir / filename)
+        for run in runs:
+            run.log(media)
+        self._logged = True
