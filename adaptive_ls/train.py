@@ -100,11 +100,13 @@ def run(cfg: DictConfig) -> dict[str, Any]:
 
 
 def instantiate_callbacks(cfg: DictConfig) -> list[pl.Callback]:
-    """``conf/callbacks`` built in order (hooks run in this order; Lightning moves checkpoints last). A progress bar
-    is left out when ``trainer.enable_progress_bar=false``: Lightning refuses one it was told not to show."""
+    """``conf/callbacks`` built in order (hooks run in this order), the history after the others and Lightning's
+    checkpoints after it. A progress bar is left out when ``trainer.enable_progress_bar=false``: Lightning refuses
+    one it was told not to show."""
     from pytorch_lightning.callbacks import ProgressBar
 
     callbacks = list(instantiate_group(cfg, "callbacks").values())
+    callbacks.sort(key=lambda cb: isinstance(cb, EpochHistory))  # last: it records what the others logged
     if not cfg.trainer.get("enable_progress_bar", True):
         callbacks = [cb for cb in callbacks if not isinstance(cb, ProgressBar)]
     return callbacks

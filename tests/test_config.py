@@ -6,6 +6,7 @@ import math
 
 import numpy as np
 import pytest
+import torch
 
 from adaptive_ls.config import ConfigError, OutputDirError, build_run
 from adaptive_ls.resume import ResumePlan, check_resumed_labels
@@ -67,6 +68,7 @@ def test_default_config_is_valid():
 
 
 # Checks that need the data run when it is loaded, before training starts.
+@pytest.mark.slow
 @pytest.mark.parametrize("case", ["val_split_too_large", "dataset_missing", "checksum_mismatch"])
 def test_data_checks_fail_before_training(tmp_path, case):
     overrides = []
@@ -106,6 +108,7 @@ def test_resume_refuses_other_noisy_labels(tmp_path):
     assert_one_line(error.value, "fedcba9876543210", "0123456789abcdef", "noisy_labels.npy", "hydra.run.dir")
 
 
+@pytest.mark.slow
 def test_entry_point_reports_a_bad_setting_in_one_line(tmp_path):
     """The user's view: exit code 2, one line on stderr, no traceback; the run's folder records the failure."""
     run_dir = tmp_path / "run"
@@ -121,6 +124,7 @@ def test_entry_point_reports_a_bad_setting_in_one_line(tmp_path):
     assert not (run_dir / "noisy_labels.npy").exists()  # nothing was loaded
 
 
+@pytest.mark.slow
 def test_a_completed_run_dir_is_refused_and_left_alone(tmp_path):
     """Re-running into a completed run's folder: refused, naming the ways out; nothing there changes (main does not
     record this failure in the folder's results.json: the folder is not this run's)."""
@@ -190,3 +194,39 @@ def test_a_moved_dataset_does_not_block_a_resume_but_other_settings_do():
     assert config_differences(saved, moved) == []  # the labels' hash, checked on resume, catches other data
     changed = {"data": {"root": "/data2", "batch_size": 32}, "noise": {"path": "/data2/h.pt", "rate": 0.4}}
     assert config_differences(saved, changed) == ["data.batch_size: 64 -> 32"]
+
+
+def test_the_composed_config_is_the_object_graph():
+    """instantiate(cfg.data) and instantiate(cfg.module) alone give the noisy data and the whole module."""
+    import hydra
+
+    from adaptive_ls.module import LabelSmoothingClassifier
+    from adaptive_ls.noise import PairFlipNoise
+    from adaptive_ls.smoothing import AnnealedSmoothing
+
+    cfg = compose(*TINY, "noise=pairflip", "noise.rate=0.3", "noise_seed=3", "smoothing=annealed",
+                  "module.eval_tta=hflip", "optimizer.lr=0.2")
+    data = hydra.utils.instantiate(cfg.data)
+    assert isinstance(data.noise, PairFlipNoise) and data.noise.rate == 0.3 and data.noise_seed == 3
+    data.setup("fit")
+    assert data.realized_noise_rate == pytest.approx(0.3, abs=1e-3)
+    module = hydra.utils.instantiate(cfg.module)
+    assert isinstance(module, LabelSmoothingClassifier) and isinstance(module.smoothing, AnnealedSmoothing)
+    assert module.eval_tta == "hflip" and module.optimizer_factory.keywords["lr"] == 0.2
+    assert module.num_classes == 10 and module.net(torch.zeros(2, 1, 8, 8)).shape == (2, 10)
+
+
+def test_the_module_yaml_and_the_constructor_agree_on_every_default():
+    """conf/module/default.yaml holds the options a run uses; the constructor's defaults (for use without Hydra) must
+    be the same values."""
+    import inspect
+
+    from omegaconf import OmegaConf
+
+    from adaptive_ls.module import LabelSmoothingClassifier
+
+    options = OmegaConf.load(CONF_DIR / "module" / "default.yaml")
+    defaults = {name: p.default for name, p in inspect.signature(LabelSmoothingClassifier).parameters.items()
+                if p.default is not inspect.Parameter.empty and name in options and not OmegaConf.is_interpolation(
+                    options, name)}
+    assert defaults and all(options[name] == value for name, value in defaults.items()), defaults

@@ -15,6 +15,7 @@ from tests.ddp_worker import K, N, WORLD, policy_on_rank, steps
 from tests.runs import TINY, compose, entry_point, one_thread
 
 
+@pytest.mark.slow
 def test_per_sample_memory_is_the_same_on_every_process(tmp_path):
     """Each process updates its own samples; gathering the updates keeps every memory equal to a single process's."""
     mp.spawn(policy_on_rank, args=(str(tmp_path / "init"), str(tmp_path)), nprocs=WORLD)
@@ -55,6 +56,7 @@ def test_each_process_trains_on_its_own_equal_shard(loader):
     assert epoch_indices(1, epoch=0, split="test") == list(range(len(datamodule.test_labels)))
 
 
+@pytest.mark.slow
 def test_ddp_run_on_two_cpu_processes(tmp_path):
     settings = ("smoothing=adaptive", "smoothing.ema=0.5", "trainer.max_epochs=1", "smoothing.warmup_epochs=0")
     run_dir = tmp_path / "ddp"

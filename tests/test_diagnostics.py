@@ -140,6 +140,7 @@ def test_not_applied_without_corrupted_labels():
     assert NoiseDiagnostics.applies_to(noisy_digits())
 
 
+@pytest.mark.slow
 def test_history_rows_hold_only_what_was_measured_in_their_epoch(tmp_path):
     from tests.runs import run_in
 

@@ -26,6 +26,7 @@ def run_entry(tmp_path, *overrides: str) -> dict:
     ("self_distill", {"smoothing/alpha_T": 0.8}),
     ("negative", {"smoothing/eps": -0.2}),
 ])
+@pytest.mark.slow
 def test_new_policies_run_and_report_diagnostics(tmp_path, smoothing, params):
     results = run_entry(tmp_path, f"smoothing={smoothing}", "noise=symmetric")
     expected_name = "fixed" if smoothing == "negative" else smoothing
@@ -42,6 +43,7 @@ def test_new_policies_run_and_report_diagnostics(tmp_path, smoothing, params):
         assert results["diag/eps_clean"] == pytest.approx(-0.2)
 
 
+@pytest.mark.slow
 def test_calibration_and_temperature_scaling_land_in_results(tmp_path):
     results = run_entry(tmp_path, "smoothing=fixed", "callbacks.diagnostics.mode=eval_pass")
     for key in ("test/acc", "test/ece", "test/ece_adaptive", "test/mce", "test/nll", "test/brier",
@@ -57,17 +59,20 @@ def test_calibration_and_temperature_scaling_land_in_results(tmp_path):
     assert all(key in results for key in DIAG_KEYS)
 
 
+@pytest.mark.slow
 def test_clean_labels_run_without_diagnostics(tmp_path):
     results = run_entry(tmp_path, "noise=none")
     assert not any(key.startswith("diag/") for key in results)
 
 
+@pytest.mark.slow
 def test_instance_noise_runs(tmp_path):
     results = run_entry(tmp_path, "noise=instance", "noise.rate=0.3")
     assert results["noise"] == "instance" and 0.2 < results["noise/realized_rate"] < 0.4
     assert "diag/memorized" in results
 
 
+@pytest.mark.slow
 def test_label_file_noise_on_digits(tmp_path):
     _, clean, _, _ = DigitsDataModule().load_arrays()
     noisy = clean.numpy().copy()
@@ -79,6 +84,7 @@ def test_label_file_noise_on_digits(tmp_path):
     assert "diag/memorized" in results
 
 
+@pytest.mark.slow
 def test_cifar10n_preset_on_a_tiny_cifar(tmp_path):
     clean = write_cifar10(tmp_path / "data").train_labels
     human = write_human_pt(tmp_path / "CIFAR-10_human.pt", clean)
@@ -90,6 +96,7 @@ def test_cifar10n_preset_on_a_tiny_cifar(tmp_path):
     assert np.array_equal(np.load(tmp_path / "noisy_labels.npy"), human["worse_label"])
 
 
+@pytest.mark.slow
 def test_image_folder_data(tmp_path):
     write_tree(tmp_path / "tree", per_class=12)
     results = run_entry(tmp_path, "data=image_folder", f"data.root={tmp_path / 'tree'}", "data.image_size=12",

@@ -34,6 +34,7 @@ def last_state(run_dir) -> dict:
     return torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)["state_dict"]
 
 
+@pytest.mark.slow
 def test_a_crashed_run_resumes_exactly(tmp_path):
     whole = run_in(tmp_path / "whole", *STATEFUL)
     run_dir = tmp_path / "crashed"
@@ -72,6 +73,7 @@ def test_resume_true_needs_a_checkpoint(tmp_path):
         run_in(tmp_path / "empty", "resume=true")
 
 
+@pytest.mark.slow
 def test_a_killed_job_continues_when_rerun_in_its_folder(tmp_path):
     """SIGKILL (no chance to clean up) once the first checkpoint exists, then the same job again in that folder."""
     settings = ("trainer.max_epochs=4", "smoothing=adaptive", "smoothing.ema=0.5")
@@ -90,6 +92,7 @@ def test_a_killed_job_continues_when_rerun_in_its_folder(tmp_path):
     assert comparable(resumed) == comparable(run_in(tmp_path / "whole", *settings))
 
 
+@pytest.mark.slow
 def test_a_diverging_job_fails_alone_and_the_sweep_goes_on(tmp_path):
     sweep = tmp_path / "sweep"
     proc = entry_point("trainer.max_epochs=1", "optimizer.lr=0.05,1e8", run_dir=sweep, multirun=True)
@@ -102,6 +105,7 @@ def test_a_diverging_job_fails_alone_and_the_sweep_goes_on(tmp_path):
     assert not (sweep / "1" / "checkpoints" / "last.ckpt").exists()  # no non-finite weights saved as "last"
 
 
+@pytest.mark.slow
 def test_seeds_fix_the_labels_and_the_numbers(tmp_path, caplog):
     caplog.set_level(logging.INFO, logger="adaptive_ls.train")
     first, again, other_seed = (run_in(tmp_path / name, "trainer.max_epochs=1", f"seed={seed}")

@@ -240,6 +240,7 @@ def test_policy_state_dict_loads_into_fresh_module(name):
         assert fresh.smoothing._epoch == module.smoothing._epoch == 1
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["online", "self_distill"])
 def test_resume_from_lightning_checkpoint_matches_uninterrupted_run(name, tmp_path):
     """A 3-epoch run interrupted after 2 and resumed from last.ckpt ends with the memory of an uninterrupted run.

@@ -76,6 +76,7 @@ def sweep(tmp_path) -> Path:
     return root
 
 
+@pytest.mark.slow
 def test_table_has_exact_mean_and_sample_std_over_seeds(sweep):
     rep = report.report([sweep])
     csv = pd.read_csv(sweep / "report.csv")
@@ -96,6 +97,7 @@ def test_table_has_exact_mean_and_sample_std_over_seeds(sweep):
     assert rep.counts == {"completed": 11, "failed": 1, "missing": 1}
 
 
+@pytest.mark.slow
 def test_markdown_names_failed_and_missing_jobs_and_embeds_plots(sweep):
     report.report([sweep])
     md = (sweep / "report.md").read_text()
@@ -109,6 +111,7 @@ def test_markdown_names_failed_and_missing_jobs_and_embeds_plots(sweep):
         assert f"]({name})" in md
 
 
+@pytest.mark.slow
 def test_plots_are_written_and_memorisation_appears_when_logged(sweep):
     rep = report.report([sweep])
     for key, name in report.PLOTS.items():
@@ -135,6 +138,7 @@ def test_reliability_bins_are_pooled_over_seeds(sweep):
         report.report([sweep], reliability_setting=("asymmetric", 0.2))
 
 
+@pytest.mark.slow
 def test_settings_that_vary_within_a_cell_are_kept_apart(tmp_path):
     """A tuning sweep (ε varies, one seed each) must not be averaged into one row; a swept override neither."""
     root = tmp_path / "tune"
@@ -159,6 +163,7 @@ def test_the_same_seed_read_twice_is_flagged(tmp_path):
     assert "some seeds appear more than once" in md and "| none | symmetric | 0.4 | 2 |" in md
 
 
+@pytest.mark.slow
 def test_a_swept_policy_parameter_is_one_row_per_value_averaged_over_its_seeds(tmp_path):
     """smoothing.eps=0.1,0.2,0.4 x seed=0,1: three rows of two seeds each, never six jobs averaged as seeds."""
     root = tmp_path / "eps"
@@ -189,6 +194,7 @@ def test_a_swept_policy_parameter_is_one_row_per_value_averaged_over_its_seeds(t
     check()
 
 
+@pytest.mark.slow
 def test_rows_are_named_by_the_recorded_config_choice(tmp_path):
     """smoothing=negative and smoothing=fixed build the same class: they are still two rows, named as chosen."""
     root = tmp_path / "negative"
@@ -202,6 +208,7 @@ def test_rows_are_named_by_the_recorded_config_choice(tmp_path):
     assert "smoothing/eps" not in csv  # constant within each row: not a key
 
 
+@pytest.mark.slow
 def test_an_unknown_policy_gets_its_own_row_and_colour(tmp_path, monkeypatch):
     root = tmp_path / "toy"
     num = 0
@@ -243,6 +250,7 @@ def test_label_file_noise_sits_at_its_realised_rate(tmp_path):
     assert (row["policy"], row["noise"], row["rate"], row["n"]) == ("fixed", "cifar10n", 0.4021, 2)
 
 
+@pytest.mark.slow
 def test_interrupted_jobs_are_counted_and_listed_apart_from_failed_ones(sweep, caplog):
     job = make_job(sweep, 13, "fixed", 0.0, 3, 0, 0, 0, status="interrupted")
     (job / "checkpoints").mkdir()
@@ -258,6 +266,7 @@ def test_interrupted_jobs_are_counted_and_listed_apart_from_failed_ones(sweep, c
     assert report.report([sweep]).counts == {"completed": 11, "failed": 1, "interrupted": 1, "missing": 1}
 
 
+@pytest.mark.slow
 def test_command_line_says_what_it_read(sweep, tmp_path, caplog):
     caplog.set_level("INFO", logger="adaptive_ls.report")
     assert report.main([str(sweep)]) == 0
@@ -268,6 +277,7 @@ def test_command_line_says_what_it_read(sweep, tmp_path, caplog):
     assert report.main([str(tmp_path / "nowhere")]) == 2
 
 
+@pytest.mark.slow
 def test_wandb_report_run_joins_the_sweep_group_offline(sweep, wandb_env, caplog):
     from tests import wandb_records
 

@@ -175,6 +175,7 @@ def test_speed_options_are_checked():
         _classifier(False, compile="fast")
 
 
+@pytest.mark.slow
 def test_compile_is_off_by_default_and_keeps_checkpoint_keys():
     cfg = compose()
     assert cfg.module.compile is False

@@ -22,6 +22,7 @@ def results(job: Path) -> dict:
     return json.loads((job / "results.json").read_text())
 
 
+@pytest.mark.slow
 def test_submitit_local_sweep_one_wandb_run_per_job_failures_recorded_and_a_correct_table(wandb_env, tmp_path):
     """2 seeds x 2 validation sizes through submitit: the two jobs with an impossible split fail, the others finish."""
     sweep = tmp_path / "sweep"
@@ -67,6 +68,7 @@ def test_submitit_local_sweep_one_wandb_run_per_job_failures_recorded_and_a_corr
     assert len(failed_lines) == 2 and all("data.val_size=100000" in line for line in failed_lines)
 
 
+@pytest.mark.slow
 def test_tune_eps_runs_optuna_trials_on_the_noisy_validation_accuracy(tmp_path):
     """Two trials over ε in [0, 1.6]: ε >= 1 is refused, that trial fails and the study goes on (seeded sampler)."""
     sweep = tmp_path / "tune"
@@ -88,6 +90,7 @@ def test_tune_eps_runs_optuna_trials_on_the_noisy_validation_accuracy(tmp_path):
     assert "sweep finished: 2 jobs (1 completed, 1 failed)" in done.stdout
 
 
+@pytest.mark.slow
 def test_search_space_follows_the_chosen_policy():
     import optuna
 

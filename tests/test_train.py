@@ -22,6 +22,7 @@ POLICY_PARAMS = {
 }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("policy", list(POLICY_PARAMS))
 def test_run_writes_results_for_each_policy(tmp_path, policy):
     cfg = compose(*DIGITS_ON_CPU, f"smoothing={policy}", "noise=symmetric", "noise.rate=0.4", hydra=True)
@@ -64,6 +65,7 @@ def test_run_writes_results_for_each_policy(tmp_path, policy):
     assert (tmp_path / "csv" / "metrics.csv").is_file()
 
 
+@pytest.mark.slow
 def test_entry_point_end_to_end(tmp_path):
     """`python -m adaptive_ls.train` as a user runs it: Hydra's own run dir, results.json there, exit code 0."""
     run_dir = tmp_path / "run"

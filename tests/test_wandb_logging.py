@@ -46,6 +46,7 @@ def test_bad_modes_fail_early_with_the_key_to_change(wandb_env):
 # -- one run per job ---------------------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_job_writes_one_offline_run_with_history_summary_config_and_media(wandb_env, tmp_path):
     out = tmp_path / "job"
     cfg = compose_run(out, THREE_BATCHES, "logger=wandb", "smoothing=fixed", "smoothing.eps=0.2", "noise.rate=0.3",
@@ -78,6 +79,7 @@ def test_job_writes_one_offline_run_with_history_summary_config_and_media(wandb_
     assert not (Path.cwd() / "wandb").exists()
 
 
+@pytest.mark.slow
 def test_failed_job_finishes_its_run_and_the_next_job_gets_a_new_one(wandb_env, tmp_path):
     # fails after the run has started
     bad = compose_run(tmp_path / "bad", THREE_BATCHES, "logger=wandb", "data.val_size=100000")
@@ -97,6 +99,7 @@ def test_failed_job_finishes_its_run_and_the_next_job_gets_a_new_one(wandb_env, 
     assert not any("train/loss" in h for h in failed.history)  # the second job did not log into the first run
 
 
+@pytest.mark.slow
 def test_a_resumed_job_logs_into_its_first_run_and_a_refused_one_writes_nothing(wandb_env, tmp_path):
     out = tmp_path / "job"
     crash = ("+callbacks.crash._target_=tests.runs.CrashAt", "+callbacks.crash.epoch=1")
@@ -117,6 +120,7 @@ def test_a_resumed_job_logs_into_its_first_run_and_a_refused_one_writes_nothing(
     assert sorted(p.relative_to(out) for p in out.rglob("*")) == files_before
 
 
+@pytest.mark.slow
 def test_disabled_mode_logs_nothing(wandb_env, tmp_path):
     cfg = compose_run(tmp_path / "job", THREE_BATCHES, "logger=wandb", "logger.wandb.mode=disabled",
                       "trainer.max_epochs=1")
@@ -185,6 +189,7 @@ def test_reader_reassembles_records_split_across_blocks_and_rejects_corruption(t
         wandb_records.read_offline_run(path)
 
 
+@pytest.mark.slow
 def test_a_bad_wandb_mode_stops_the_job_in_one_line(wandb_env, tmp_path):
     done = entry_point("logger=wandb", "logger.wandb.mode=sometimes", run_dir=tmp_path / "job")
     assert done.returncode == 2
