@@ -13,6 +13,8 @@ from typing import Optional
 import pytorch_lightning as pl
 import torch
 
+from adaptive_ls.data import KnownNoise
+
 log = logging.getLogger(__name__)
 
 
@@ -119,15 +121,15 @@ class WandbMedia(pl.Callback):
         from pytorch_lightning.loggers import WandbLogger
 
         runs = [lg.experiment for lg in trainer.loggers if isinstance(lg, WandbLogger) and trainer.is_global_zero]
-        bins = getattr(pl_module, "test_reliability", None)
-        if self._logged or not runs or bins is None:  # once: the final weights are tested first
-            return
+        data, bins = trainer.datamodule, getattr(pl_module, "test_reliability", None)
+        if self._logged or not runs or bins is None or not isinstance(data, KnownNoise):
+            return  # once: the final weights are tested first
         import wandb
 
         from adaptive_ls.plots import class_labels, reliability_diagram, save_figure, transition_figure
 
-        matrix = trainer.datamodule.transition_matrix()
-        names = class_labels(getattr(trainer.datamodule, "class_names", None), matrix.shape[0])
+        matrix = data.transition_matrix()
+        names = class_labels(getattr(data, "class_names", None), matrix.shape[0])
         figures = {"noise/transition_heatmap": (transition_figure(matrix, names), "noise_transition.png"),
                    "test/reliability_diagram": (reliability_diagram({k: v.cpu() for k, v in bins.items()},
                                                                     title="Test reliability"), "reliability.png")}

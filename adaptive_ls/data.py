@@ -17,7 +17,7 @@ import logging
 import os
 import warnings
 from pathlib import Path
-from typing import Any, Callable, Mapping, Optional
+from typing import Any, Callable, Mapping, Optional, Protocol, runtime_checkable
 
 import numpy as np
 import pytorch_lightning as pl
@@ -175,6 +175,18 @@ def _check_matches_data(key: str, given: Any, actual: int, what: str) -> None:
         raise ValueError(f"{key}={given!r}: allowed is {actual} (the data has {has}) or null")
     if int(given) != actual:
         raise ValueError(f"{key}={given} does not match the data, which has {has}: allowed is {actual} or null")
+
+
+@runtime_checkable
+class KnownNoise(Protocol):
+    """Training data whose true labels are known next to the noisy ones (synthetic noise, CIFAR-10N): what the noise
+    diagnostics and the W&B transition matrix read. Every :class:`NoisyLabelDataModule` is one once set up."""
+
+    clean_labels: Tensor  # [N] true labels of the whole training set (validation split included)
+    noisy_labels: Tensor  # [N] the labels trained on
+    is_noisy: Tensor  # [N] bool, noisy != clean
+
+    def transition_matrix(self) -> np.ndarray: ...
 
 
 class NoisyLabelDataModule(pl.LightningDataModule):

@@ -33,6 +33,7 @@ import torch
 from torch import Tensor
 
 from adaptive_ls.callbacks import PeriodicMetrics
+from adaptive_ls.data import KnownNoise
 from adaptive_ls.errors import SettingError
 
 if TYPE_CHECKING:
@@ -112,9 +113,7 @@ class NoiseDiagnostics(PeriodicMetrics):
     @staticmethod
     def applies_to(datamodule) -> bool:
         """True when the data module knows which training labels are corrupted and at least one is."""
-        is_noisy = getattr(datamodule, "is_noisy", None)
-        return (is_noisy is not None and getattr(datamodule, "clean_labels", None) is not None
-                and getattr(datamodule, "noisy_labels", None) is not None and bool(is_noisy.any()))
+        return isinstance(datamodule, KnownNoise) and datamodule.is_noisy is not None and bool(datamodule.is_noisy.any())
 
     # -- hooks --------------------------------------------------------------------------------------------------------
 
