@@ -10,11 +10,9 @@ from adaptive_ls.smoothing import (
     SmoothingTarget,
     smoothed_cross_entropy,
 )
-from adaptive_ls.config import register_choice_resolver
-from adaptive_ls.speed import register_resolvers
+from adaptive_ls.resolvers import register_resolvers
 
-register_resolvers()  # ${auto_precision:...} in conf/trainer/default.yaml, ${class_folders:...} in conf/data/
-register_choice_resolver()  # ${choice:smoothing} in conf/logger/wandb.yaml
+register_resolvers()  # ${auto_precision:...} in conf/trainer/, ${class_folders:...} in conf/data/, ${choice:...}
 
 __version__ = "0.1.0"
 

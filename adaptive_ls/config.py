@@ -186,9 +186,3 @@ def group_settings(cfg: DictConfig, group: str) -> dict[str, Any]:
     """``<group>/<key>`` for every setting of the group's node (``smoothing/eps``), Hydra's own keys left out."""
     node = OmegaConf.to_container(cfg[group], resolve=True) if cfg.get(group) is not None else {}
     return {f"{group}/{k}": v for k, v in node.items() if not (k.startswith("_") and k.endswith("_"))}
-
-
-def register_choice_resolver() -> None:
-    """``${choice:smoothing}``: :func:`choice_name` inside a config (the W&B run's name and tags use it)."""
-    if not OmegaConf.has_resolver("choice"):
-        OmegaConf.register_new_resolver("choice", lambda group, *, _root_: choice_name(_root_, group))

@@ -14,7 +14,7 @@ import pytorch_lightning as pl
 import torch
 
 import adaptive_ls  # noqa: F401  (registers the config resolvers)
-from adaptive_ls import speed
+from adaptive_ls import resolvers
 from adaptive_ls.data import CIFAR10DataModule, DigitsDataModule
 from adaptive_ls.models import PatchWhitening, fastnet, small_cnn
 from adaptive_ls.module import LabelSmoothingClassifier, parameter_groups
@@ -194,14 +194,14 @@ def test_compile_is_off_by_default_and_keeps_checkpoint_keys():
 
 def test_auto_precision_is_bf16_on_a_bf16_gpu_only(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    assert speed.auto_precision("auto") == "32-true"
+    assert resolvers.auto_precision("auto") == "32-true"
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
-    assert speed.auto_precision("auto") == "bf16-mixed"
-    assert speed.auto_precision("gpu") == "bf16-mixed"
-    assert speed.auto_precision("cpu") == "32-true"
+    assert resolvers.auto_precision("auto") == "bf16-mixed"
+    assert resolvers.auto_precision("gpu") == "bf16-mixed"
+    assert resolvers.auto_precision("cpu") == "32-true"
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: False)
-    assert speed.auto_precision("auto") == "32-true"
+    assert resolvers.auto_precision("auto") == "32-true"
 
 
 def test_default_trainer_config_resolves_for_this_machine():

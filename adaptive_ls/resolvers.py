@@ -1,10 +1,11 @@
-"""Hardware- and data-dependent defaults, as OmegaConf resolvers so that configs show a real value, not ``auto``.
+"""The package's OmegaConf resolvers: hardware- and data-dependent defaults, and what a job calls its policy.
 
 ``${auto_precision:${.accelerator}}`` (conf/trainer/default.yaml) is ``bf16-mixed`` when the run will use a CUDA GPU
 that supports bfloat16 (Ampere and later), else ``32-true``: the same config is fast on a GPU and exact on a CPU.
 ``${negate:${.deterministic}}`` turns cuDNN autotuning on unless deterministic kernels were asked for.
 ``${class_folders:${.root}/${.train_dir}}`` and ``${image_channels:${.grayscale}}`` (conf/data/image_folder.yaml)
 give an ImageFolder tree's ``num_classes`` and ``in_channels``, which the model is built from.
+``${choice:smoothing}`` is what a job calls its policy (:func:`adaptive_ls.config.choice_name`).
 """
 from __future__ import annotations
 
@@ -46,3 +47,7 @@ def register_resolvers() -> None:
         OmegaConf.register_new_resolver("class_folders", class_folders)
     if not OmegaConf.has_resolver("image_channels"):  # image_folder: in_channels
         OmegaConf.register_new_resolver("image_channels", image_channels)
+    if not OmegaConf.has_resolver("choice"):  # logger/wandb.yaml: the W&B run's name and tags
+        from adaptive_ls.config import choice_name
+
+        OmegaConf.register_new_resolver("choice", lambda group, *, _root_: choice_name(_root_, group))
