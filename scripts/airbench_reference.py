@@ -5,9 +5,11 @@ alternating flips, reflect-padded translation, flip+translate test-time augmenta
 so that fastnet's accuracy can be compared with the recipe it follows on the *same* data. airbench94 reports 94.0%
 (with TTA) in 9.9 epochs on the original CIFAR-10; a re-encoded copy scores lower, and this script says how much.
 
-    python scripts/airbench_reference.py --data /path/holding/cifar-10-batches-py [--epochs 9.9] [--json out.json]
+    python scripts/airbench_reference.py --data <cifar10 root> [--epochs 9.9] [--json out.json]
 
-Runs on a GPU (bf16) or a CPU (bf16 autocast where supported: ~20 minutes on 2 AMD EPYC cores for 9.9 epochs).
+<cifar10 root> is the folder holding cifar-10-batches-py (torchvision's layout).
+
+Runs on a GPU (bf16) or a CPU (bf16 autocast where supported; 9.9 epochs take tens of minutes on a few cores).
 """
 from __future__ import annotations
 

@@ -11,16 +11,16 @@ One process, one model, one data set, one batch size, three ways to train it (im
                   padding=4), RandomHorizontalFlip, ToTensor, Normalize) + DataLoader workers, then the raw loop's step.
 
     python scripts/benchmark.py                                     # CPU-sized defaults; synthetic data
-    python scripts/benchmark.py --data ../shared/data/cifar10 --model small_cnn --json /tmp/bench.json
-    python scripts/benchmark.py --data ../shared/data/cifar10 --model resnet18 --batch-size 512 --steps 200  # GPU
+    python scripts/benchmark.py --data <cifar10 root> --model small_cnn --json bench.json
+    python scripts/benchmark.py --data <cifar10 root> --model resnet18 --batch-size 512 --steps 200  # GPU
     python scripts/benchmark.py --policy fixed,adaptive --modes package,raw   # the cost of per-sample ε over fixed ε
     python scripts/benchmark.py --sweep --sweep-epochs 5 --n-jobs 2 # a whole quickstart sweep: sequential vs joblib
 
-``--data`` takes the offline JPEG copy (a folder holding cifar10_jpeg.npz, or the file), a torchvision root (holding
-cifar-10-batches-py) or an npz with x_train/y_train; without it the images are random (synthetic, CIFAR-shaped), and
-the output says which. Timing: each mode runs ``--warmup`` steps, then ``--steps`` timed steps between two device
-synchronisations (no other synchronisation is added); ``--repeats`` interleaves the modes (a, b, c, a, b, c, ...)
-and reports the median, so load from other processes hits all three alike.
+``--data`` takes a torchvision root (the folder holding cifar-10-batches-py), a JPEG-encoded copy (cifar10_jpeg.npz,
+or the folder holding it) or an npz with x_train/y_train; without it the images are random (synthetic,
+CIFAR-shaped), and the output says which. Timing: each mode runs ``--warmup`` steps, then ``--steps`` timed steps
+between two device synchronisations (no other synchronisation is added); ``--repeats`` interleaves the modes (a, b,
+c, a, b, c, ...) and reports the median, so load from other processes hits all three alike.
 """
 from __future__ import annotations
 
@@ -49,8 +49,9 @@ sys.path.insert(0, str(REPO))  # run this checkout's package, wherever it is ins
 
 from adaptive_ls.data import (  # noqa: E402
     CIFAR10DataModule, NoisyLabelDataModule, batch_random_crop, batch_random_hflip, normalize)
+from adaptive_ls.noise import NoNoise  # noqa: E402
 from adaptive_ls.smoothing import Progress, smoothed_cross_entropy  # noqa: E402
-from adaptive_ls.speed import auto_precision  # noqa: E402
+from adaptive_ls.resolvers import auto_precision  # noqa: E402
 
 CIFAR_MEAN, CIFAR_STD = CIFAR10DataModule.mean, CIFAR10DataModule.std  # the package's normalisation, in every mode
 MODES = ("package", "raw", "dataloader")
@@ -101,7 +102,7 @@ def load_cifar(path: Optional[str], num_images: int, seed: int = 0) -> tuple[np.
             count = min(num_images, len(z["train_labels"]))
             images = _decode_jpegs(z["train_jpeg"], z["train_offsets"], count)
             return (images, z["train_labels"][:count].astype(np.int64),
-                    f"real CIFAR-10, offline JPEG copy ({count} training images, decoded) from {root}")
+                    f"real CIFAR-10, JPEG-encoded copy ({count} training images, decoded) from {root}")
         if "x_train" in z:
             count = min(num_images, len(z["y_train"]))
             return (np.ascontiguousarray(z["x_train"][:count]), z["y_train"][:count].astype(np.int64),
@@ -116,7 +117,7 @@ class ArrayDataModule(NoisyLabelDataModule):
     mean, std = CIFAR_MEAN, CIFAR_STD
 
     def __init__(self, images_hwc: np.ndarray, labels: np.ndarray, **kw):
-        super().__init__(val_size=0, noise={"kind": "none", "rate": 0.0}, **kw)
+        super().__init__(val_size=0, noise=NoNoise(), **kw)
         self._images = torch.from_numpy(np.ascontiguousarray(images_hwc.transpose(0, 3, 1, 2)))
         self._labels = torch.from_numpy(labels.astype(np.int64))
 
@@ -554,7 +555,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     gpu = torch.cuda.is_available()
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
-    p.add_argument("--data", default=None, help="CIFAR-10: JPEG copy folder/npz, torchvision root or uint8 npz")
+    p.add_argument("--data", default=None, help="CIFAR-10: torchvision root, JPEG copy (cifar10_jpeg.npz) or uint8 npz")
     p.add_argument("--num-images", type=int, default=None,
                    help="training images to use (default: 50000 on a GPU, enough for the steps on a CPU)")
     p.add_argument("--model", default="fastnet", help="a conf/model option: fastnet | resnet18 | small_cnn")
