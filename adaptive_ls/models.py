@@ -6,6 +6,14 @@ from typing import Sequence
 import torch
 from torch import Tensor, nn
 
+from adaptive_ls.errors import SettingError
+
+
+class ModelSettingError(SettingError):
+    """A bad backbone argument; reported under the ``model`` config group."""
+
+    node = "model"
+
 
 def resnet18(num_classes: int = 10, in_channels: int = 3) -> nn.Module:
     """torchvision's ResNet-18 in its CIFAR variant: 3×3 stride-1 stem and no max-pool, for 32×32 inputs."""
@@ -146,13 +154,13 @@ def fastnet(
     the module's ``eval_tta``; its Lookahead, alternating flips and translate-TTA are not copied.
     """
     if len(widths) != 3 or any(int(w) <= 0 for w in widths):
-        raise ValueError(f"model.widths={list(widths)}: allowed is three positive channel counts, e.g. [64, 256, 256]")
+        raise ModelSettingError(f"widths={list(widths)}: allowed is three positive channel counts, e.g. [64, 256, 256]")
     if stem not in FASTNET_STEMS:
-        raise ValueError(f"model.stem={stem!r}: allowed are {', '.join(FASTNET_STEMS)}")
+        raise ModelSettingError(f"stem={stem!r}: allowed are {', '.join(FASTNET_STEMS)}")
     if int(stem_width) <= 0:
-        raise ValueError(f"model.stem_width={stem_width}: allowed is a positive channel count")
+        raise ModelSettingError(f"stem_width={stem_width}: allowed is a positive channel count")
     if not 0.0 < bn_momentum <= 1.0:
-        raise ValueError(f"model.bn_momentum={bn_momentum}: allowed is 0 < bn_momentum <= 1 (PyTorch's convention)")
+        raise ModelSettingError(f"bn_momentum={bn_momentum}: allowed is 0 < bn_momentum <= 1 (PyTorch's convention)")
     w1, w2, w3 = (int(w) for w in widths)
     if stem == "whiten":
         whitening = PatchWhitening(in_channels)
