@@ -2,10 +2,14 @@
 
 A folder is never reused silently (:func:`plan_resume`): one holding an interrupted run (``checkpoints/last.ckpt``)
 continues it when the settings are the same; one holding a completed run is refused unless ``resume=true``. The
-checkpoint carries the resolved config, the noisy labels' hash and the RNG states (:class:`RunState`).
+checkpoint carries the resolved config, the noisy labels' hash and the RNG states (:class:`RunState`); each is
+written atomically (:class:`AtomicCheckpointIO`), and an unreadable ``last.ckpt`` falls back to the newest readable
+checkpoint of the run (:func:`newest_readable`).
 """
 from __future__ import annotations
 
+import logging
+import os
 import random
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,9 +19,12 @@ import numpy as np
 import pytorch_lightning as pl
 import torch
 from omegaconf import DictConfig, OmegaConf
+from pytorch_lightning.plugins.io import TorchCheckpointIO
 
 from adaptive_ls.errors import ConfigError, OutputDirError, RunCompleted, one_line
 from adaptive_ls.jsonio import read_json
+
+log = logging.getLogger(__name__)
 
 # Settings that may differ between an interrupted run and its continuation: they decide where things are written,
 # what is recorded and watched, not what is computed. Any other difference refuses the resume (see plan_resume).
@@ -83,6 +90,31 @@ def read_run_state(checkpoint: Path) -> dict:
     return {**state.get(CHECKPOINT_KEY, {}), "epoch": int(state.get("epoch", -1))}
 
 
+def newest_readable(last: Path) -> tuple[Path, dict]:
+    """``last`` and its run state; when it is unreadable (e.g. truncated), the readable checkpoint of the run beside
+    it saved at the latest epoch (a best checkpoint holds the same state as last.ckpt of its epoch). Raises
+    ``last``'s OutputDirError when none is readable."""
+    try:
+        return last, read_run_state(last)
+    except OutputDirError as unreadable:
+        error = unreadable
+    readable = []
+    for path in sorted(set(last.parent.glob("*.ckpt")) - {last}):
+        try:
+            state = read_run_state(path)
+        except OutputDirError:
+            continue
+        if "config" in state:  # a checkpoint of this package's runs
+            readable.append((state["epoch"], path.name, path, state))
+    if not readable:
+        raise error
+    epoch, _, path, state = max(readable)
+    cause = error.__cause__
+    log.warning("%s is unreadable (%s: %s); continuing from %s, the newest readable checkpoint (epoch %d)", last,
+                type(cause).__name__, one_line(cause), path.name, epoch)
+    return path, state
+
+
 def plan_resume(cfg: DictConfig) -> Optional[ResumePlan]:
     """Decide what this run does with its output folder: start fresh (None) or continue the run found there.
 
@@ -90,6 +122,7 @@ def plan_resume(cfg: DictConfig) -> Optional[ResumePlan]:
     when its settings are the same (else refused, naming the keys that differ); a completed run is refused.
     ``resume=true``: a checkpoint must be there; a completed run is reloaded from it and tested again.
     ``resume=false``: start fresh, and refuse a folder that holds a previous run's checkpoint.
+    An unreadable ``last.ckpt`` continues from the newest readable checkpoint of the run (:func:`newest_readable`).
     A folder with neither a checkpoint nor a completed results.json (a run that failed before its first epoch
     ended) starts fresh. Raises :class:`OutputDirError` for a refusal; it writes nothing.
     """
@@ -113,16 +146,16 @@ def plan_resume(cfg: DictConfig) -> Optional[ResumePlan]:
         raise OutputDirError(
             f"resume=false but paths.output_dir={output_dir} holds an interrupted run ({last}): leave resume=auto to "
             f"continue it, or set hydra.run.dir to a new folder")
-    state = read_run_state(last)
+    checkpoint, state = newest_readable(last)
     if "config" not in state:
-        raise OutputDirError(f"{last} was not written by adaptive_ls (no '{CHECKPOINT_KEY}' entry), so its settings "
-                             f"cannot be checked; set hydra.run.dir to a new folder")
+        raise OutputDirError(f"{checkpoint} was not written by adaptive_ls (no '{CHECKPOINT_KEY}' entry), so its "
+                             f"settings cannot be checked; set hydra.run.dir to a new folder")
     differences = config_differences(state["config"], OmegaConf.to_container(cfg, resolve=True))
     if differences:
         raise OutputDirError(
             f"paths.output_dir={output_dir} holds an interrupted run with other settings ({'; '.join(differences)}): "
             f"re-run with its settings to continue it, or set hydra.run.dir to a new folder")
-    return ResumePlan(last, state.get("labels_hash"), state["epoch"])
+    return ResumePlan(checkpoint, state.get("labels_hash"), state["epoch"])
 
 
 def check_resumed_labels(plan: ResumePlan, labels_hash: str) -> None:
@@ -132,6 +165,45 @@ def check_resumed_labels(plan: ResumePlan, labels_hash: str) -> None:
             f"the noisy labels (hash {labels_hash}) differ from those the interrupted run in "
             f"{plan.checkpoint.parent.parent} was trained on (hash {plan.labels_hash}, see its noisy_labels.npy): "
             f"check noise.* and noise_seed, or set hydra.run.dir to a new folder")
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Writes each checkpoint to a temporary file beside it, fsyncs it and renames it over the old one: a job killed
+    mid-write leaves the previous checkpoint whole, never a truncated one. Remote paths (``s3://``...) are left to
+    Lightning's own writer."""
+
+    def save_checkpoint(self, checkpoint: dict, path, storage_options: Optional[Any] = None) -> None:
+        from fsspec.implementations.local import LocalFileSystem
+        from lightning_fabric.utilities.cloud_io import get_filesystem
+
+        if storage_options is not None or not isinstance(get_filesystem(path), LocalFileSystem):
+            return super().save_checkpoint(checkpoint, path, storage_options)
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        for stale in path.parent.glob(f".{path.name}.*.tmp"):  # left by a killed writer (one live run per folder)
+            stale.unlink(missing_ok=True)
+        temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        try:
+            with open(temporary, "wb") as file:
+                torch.save(checkpoint, file)
+                file.flush()
+                os.fsync(file.fileno())
+            os.replace(temporary, path)
+        except BaseException:
+            temporary.unlink(missing_ok=True)
+            raise
+        _fsync_folder(path.parent)
+
+
+def _fsync_folder(folder: Path) -> None:
+    """Make a rename in ``folder`` durable (a power cut after it keeps the new file)."""
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    except OSError:  # some file systems cannot fsync a folder; the rename itself is still atomic
+        pass
+    finally:
+        os.close(fd)
 
 
 def keep_previous_logs(loggers: list, epoch: int) -> None:
