@@ -1,4 +1,5 @@
-"""The run's Lightning callbacks besides checkpoints and diagnostics: per-epoch history, the NaN guard, W&B media.
+"""The run's Lightning callbacks besides checkpoints and diagnostics: per-epoch history, the NaN guard, the stop on
+SIGTERM/SIGINT, W&B media.
 
 Each is built from ``conf/callbacks/<name>.yaml``. They talk to the module and to each other through types:
 :class:`PeriodicMetrics` for a callback that measures only in some epochs, the module's ``TrainingStepOutput`` for
@@ -7,8 +8,11 @@ what a training step hands them.
 from __future__ import annotations
 
 import logging
+import os
+import signal
+import threading
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 import pytorch_lightning as pl
 import torch
@@ -106,6 +110,120 @@ class NonFiniteLossGuard(pl.Callback):
                 f"non-finite training loss (NaN/inf) at epoch {trainer.current_epoch}, batch {batch}: training "
                 f"diverged. Lower the learning rate (optimizer.lr={', '.join(f'{lr:g}' for lr in peak)}) or check "
                 f"the smoothing settings (a large negative eps makes the loss unbounded below){kept}")
+
+
+def requeue_signal() -> Optional[signal.Signals]:
+    """The signal submitit checkpoints and requeues a job on (USR2 unless ``SUBMITIT_PREEMPT_SIGNAL`` says
+    otherwise) when this process is a submitit job; None otherwise."""
+    if not os.environ.get("SUBMITIT_FOLDER"):
+        return None
+    return getattr(signal, "SIG" + os.environ.get("SUBMITIT_PREEMPT_SIGNAL", "USR2"), None)
+
+
+class JobInterrupted(BaseException):
+    """A signal stopped the job between two training steps. A BaseException, so that a sweep's launcher does not
+    take it for a failed job and go on: the sweep stops too (:func:`adaptive_ls.train.handle_failure`).
+
+    ``requeue`` is submitit's handler of its requeue signal when that signal stopped the job: called once the job
+    has recorded itself as preempted, it resubmits the same job, which continues from its checkpoint.
+    """
+
+    def __init__(self, signum: int, requeue: Any = None):
+        self.signal, self.requeue = signal.Signals(signum), requeue
+        super().__init__(f"stopped by {self.signal.name}")
+
+    @property
+    def exit_code(self) -> int:
+        return 128 + int(self.signal)  # what a shell reports for a process the signal killed: 143, 130
+
+    @property
+    def status(self) -> str:
+        return "preempted" if self.requeue is not None else "interrupted"
+
+
+class StopOnSignal(pl.Callback):
+    """Turns SIGTERM (SLURM's preemption and time limit, ``kill``) and SIGINT (Ctrl-C) into a clean stop at the next
+    training step: :class:`JobInterrupted` is raised there, the job records it and exits with 128 + the signal.
+
+    No checkpoint is written on the way out: ``checkpoints/last.ckpt`` from the end of the last finished epoch is
+    what the job continues from when run again (a mid-epoch checkpoint would not resume exactly with the package's
+    loaders). The continuation redoes the interrupted epoch, and since data order and augmentation are seeded per
+    epoch, it ends with exactly the numbers of an uninterrupted run. A second signal stops at once.
+
+    The handlers live for the fit only, in the main thread: installed in ``on_train_start`` (after Lightning's own
+    SIGTERM handler, which would end the job with status 0) and the previous ones put back when the fit ends. The
+    flag is a host-side value, read at each step without a device sync; under DDP it is combined over the processes
+    once per epoch, at its start, so that all of them stop together. Under submitit, SIGTERM is left to submitit
+    (it ignores it and requeues on its own signal, USR2): that signal stops the job as ``preempted`` and hands it to
+    submitit, which requeues it.
+    """
+
+    def __init__(self):
+        self._previous: dict[signal.Signals, Any] = {}
+        self._received: Optional[int] = None
+        self._distributed = False
+
+    def _signals(self) -> tuple[signal.Signals, ...]:
+        requeue = requeue_signal()
+        return (signal.SIGINT, requeue) if requeue is not None else (signal.SIGTERM, signal.SIGINT)
+
+    def on_fit_start(self, trainer, pl_module):
+        # before Lightning registers its handlers: these are the ones to put back
+        self._received, self._distributed = None, trainer.world_size > 1
+        self._previous = {s: signal.getsignal(s) for s in {*self._signals(), signal.SIGTERM}}
+
+    def on_train_start(self, trainer, pl_module):
+        if threading.current_thread() is not threading.main_thread():
+            return
+        for signum in self._signals():
+            signal.signal(signum, self._on_signal)
+        if requeue_signal() is not None and self._previous.get(signal.SIGTERM) is not None:
+            signal.signal(signal.SIGTERM, self._previous[signal.SIGTERM])  # submitit's, not Lightning's
+
+    def _on_signal(self, signum, frame) -> None:
+        if self._received is not None:
+            raise self._interrupted()
+        self._received = signum
+        log.warning("received %s: stopping at the next training step (checkpoints/last.ckpt holds the last finished "
+                    "epoch); send it again to stop now", signal.Signals(signum).name)
+
+    def _interrupted(self) -> JobInterrupted:
+        requeue = self._previous.get(self._received) if self._received == requeue_signal() else None
+        return JobInterrupted(self._received, requeue if callable(requeue) else None)
+
+    def _check(self) -> None:
+        if self._received is not None and not self._distributed:
+            raise self._interrupted()
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        self._check()
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        self._check()
+
+    def on_train_epoch_start(self, trainer, pl_module):
+        if self._distributed:  # any process signalled stops all of them; one host sync per epoch
+            flag = torch.tensor(self._received or 0, device=pl_module.device)
+            received = int(trainer.strategy.reduce(flag, reduce_op="max"))
+            if received:
+                self._received = received
+                raise self._interrupted()
+
+    def _restore(self) -> None:
+        if threading.current_thread() is threading.main_thread():
+            for signum, handler in self._previous.items():
+                if handler is not None:
+                    signal.signal(signum, handler)
+        self._previous = {}
+
+    def on_exception(self, trainer, pl_module, exception):
+        self._restore()
+
+    def on_fit_end(self, trainer, pl_module):
+        if self._received is not None:
+            log.warning("%s came after the last training step: the job finishes as usual",
+                        signal.Signals(self._received).name)
+        self._restore()
 
 
 class WandbMedia(pl.Callback):

@@ -142,9 +142,9 @@ class JobWandbLogger(WandbLogger):
             return {}
         summary = {k: v for k, v in results.items() if v is None or isinstance(v, (bool, int, float, str))}
         exit_code = 0
-        if error is not None:
-            summary.update(status="failed", error=f"{type(error).__name__}: {error}")
-            exit_code = 255 if isinstance(error, KeyboardInterrupt) else 1
+        if error is not None:  # a job stopped by a signal says so: status interrupted, exit code 128 + signal
+            summary.update(status=getattr(error, "status", "failed"), error=f"{type(error).__name__}: {error}")
+            exit_code = getattr(error, "exit_code", 255 if isinstance(error, KeyboardInterrupt) else 1)
         run = self.experiment
         run.summary.update(summary)
         run.finish(exit_code=exit_code)

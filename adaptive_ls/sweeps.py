@@ -1,4 +1,5 @@
-"""Sweep helpers: "job i of n" as each job of a multirun starts, and the per-policy search space of ``tune_eps``.
+"""Sweep helpers: "job i of n" as each job of a multirun starts, the line that says how to continue a stopped sweep,
+and the per-policy search space of ``tune_eps``.
 
 Both plug into Hydra's own machinery: :class:`SweepProgress` is a Hydra callback (``conf/hydra/default.yaml``) and
 :func:`policy_search_space` is the Optuna sweeper's ``custom_search_space`` hook (``conf/experiment/tune_eps.yaml``).
@@ -9,6 +10,8 @@ from __future__ import annotations
 import functools
 import json
 import logging
+import shlex
+import sys
 from pathlib import Path
 from typing import Any, Optional
 
@@ -73,17 +76,83 @@ def sweep_size(hydra_cfg: DictConfig) -> Optional[int]:
     return None
 
 
-def sweep_status(sweep_dir: Path) -> dict[str, int]:
-    """Count the sweep's jobs by the status in their results.json (``missing``: no results.json yet)."""
-    counts: dict[str, int] = {}
-    for job in sorted(p.parent for p in sweep_dir.rglob(".hydra") if p.is_dir()):
+def job_statuses(sweep_dir: Path) -> dict[str, str]:
+    """Each started job's folder (relative to the sweep's) and the status in its results.json (``missing``: none
+    yet), in job order."""
+    statuses: dict[str, str] = {}
+    jobs = sorted((p.parent for p in Path(sweep_dir).rglob(".hydra") if p.is_dir()),
+                  key=lambda d: [int(p) if p.isdigit() else p for p in d.relative_to(sweep_dir).parts])
+    for job in jobs:
         path = job / "results.json"
         try:
             status = json.loads(path.read_text()).get("status", "unknown") if path.is_file() else "missing"
         except (OSError, ValueError):
             status = "unreadable"
+        statuses[str(job.relative_to(sweep_dir))] = status
+    return statuses
+
+
+def sweep_status(sweep_dir: Path) -> dict[str, int]:
+    """Count the sweep's jobs by the status in their results.json (``missing``: no results.json yet)."""
+    counts: dict[str, int] = {}
+    for status in job_statuses(sweep_dir).values():
         counts[status] = counts.get(status, 0) + 1
     return counts
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Continuing a stopped job or sweep
+# ---------------------------------------------------------------------------------------------------------------------
+
+PROGRAM = "adaptive-ls"  # the console script; `python -m adaptive_ls.train` takes the same arguments
+
+
+def continue_command() -> str:
+    """The command line that continues this job (``hydra.run.dir=<its folder>``) or, in a multirun, its sweep (the
+    sweep's own overrides, from ``multirun.yaml``, with ``hydra.sweep.dir=<its folder>``)."""
+    from hydra.core.hydra_config import HydraConfig
+
+    hydra_cfg = HydraConfig.get()
+    if is_multirun():
+        master = Path(str(hydra_cfg.sweep.dir)) / "multirun.yaml"
+        overrides = OmegaConf.select(OmegaConf.load(master), "hydra.overrides") if master.is_file() else None
+        given = ([*overrides.hydra, *overrides.task] if overrides is not None
+                 else [a for a in sys.argv[1:] if a not in ("-m", "--multirun")])
+        where, flag = f"hydra.sweep.dir={hydra_cfg.sweep.dir}", ["-m"]
+    else:
+        given = [*hydra_cfg.overrides.hydra, *hydra_cfg.overrides.task]
+        where, flag = f"hydra.run.dir={hydra_cfg.runtime.output_dir}", []
+    kept = [str(o) for o in given if not str(o).startswith(("hydra.run.dir=", "hydra.sweep.dir=", "hydra.mode="))]
+    return shlex.join([PROGRAM, *flag, *kept, where])
+
+
+def _jobs_text(names: list[str]) -> str:
+    return ("job " if len(names) == 1 else "jobs ") + ", ".join(names) if names else "none"
+
+
+def stop_summary(signal_name: str, status: str = "interrupted") -> str:
+    """One line for a job stopped by a signal: in a multirun which jobs are done, which stopped, how many never
+    started, and the command that continues the sweep; for a single run the command that continues it."""
+    from hydra.core.hydra_config import HydraConfig
+
+    command = continue_command()
+    if not is_multirun():
+        return f"run {status} by {signal_name}; continue it with: {command}"
+    hydra_cfg = HydraConfig.get()
+    sweep_dir = Path(str(hydra_cfg.sweep.dir))
+    statuses = job_statuses(sweep_dir)
+    this_job = str(Path(str(hydra_cfg.runtime.output_dir)).relative_to(sweep_dir.resolve()))
+    done = [job for job, s in statuses.items() if s in ("completed", "failed")]
+    failed = [job for job, s in statuses.items() if s == "failed"]
+    unfinished = [job for job in statuses if job not in done and job != this_job]  # other launchers: still running
+    total = sweep_size(hydra_cfg)
+    parts = [f"done: {_jobs_text(done)}" + (f" ({len(failed)} failed)" if failed else ""),
+             f"{status}: job {this_job}"]
+    if unfinished:
+        parts.append(f"unfinished: {_jobs_text(unfinished)}")
+    if total:
+        parts.append(f"not started: {max(total - len(statuses), 0)} of {total}")
+    return f"sweep stopped by {signal_name}: {'; '.join(parts)}; continue it with: {command}"
 
 
 def sweeper_marks_failures() -> bool:
