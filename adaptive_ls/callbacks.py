@@ -18,6 +18,7 @@ import pytorch_lightning as pl
 import torch
 
 from adaptive_ls.data import KnownNoise
+from adaptive_ls.errors import JobInterrupted, NonFiniteLossError  # noqa: F401 (raised here)
 
 log = logging.getLogger(__name__)
 
@@ -71,10 +72,6 @@ class EpochHistory(pl.Callback):
         self.history = list(state_dict["history"])
 
 
-class NonFiniteLossError(FloatingPointError):
-    """The training loss became NaN or infinite: the run cannot recover by itself."""
-
-
 class NonFiniteLossGuard(pl.Callback):
     """Stops a run whose training loss became NaN/inf, with an error that says when and what to try.
 
@@ -118,27 +115,6 @@ def requeue_signal() -> Optional[signal.Signals]:
     if not os.environ.get("SUBMITIT_FOLDER"):
         return None
     return getattr(signal, "SIG" + os.environ.get("SUBMITIT_PREEMPT_SIGNAL", "USR2"), None)
-
-
-class JobInterrupted(BaseException):
-    """A signal stopped the job between two training steps. A BaseException, so that a sweep's launcher does not
-    take it for a failed job and go on: the sweep stops too (:func:`adaptive_ls.train.handle_failure`).
-
-    ``requeue`` is submitit's handler of its requeue signal when that signal stopped the job: called once the job
-    has recorded itself as preempted, it resubmits the same job, which continues from its checkpoint.
-    """
-
-    def __init__(self, signum: int, requeue: Any = None):
-        self.signal, self.requeue = signal.Signals(signum), requeue
-        super().__init__(f"stopped by {self.signal.name}")
-
-    @property
-    def exit_code(self) -> int:
-        return 128 + int(self.signal)  # what a shell reports for a process the signal killed: 143, 130
-
-    @property
-    def status(self) -> str:
-        return "preempted" if self.requeue is not None else "interrupted"
 
 
 class StopOnSignal(pl.Callback):

@@ -7,6 +7,7 @@ policy built as part of the module is still reported under ``smoothing``.
 """
 from __future__ import annotations
 
+import signal
 from typing import Any, Optional
 
 
@@ -34,3 +35,28 @@ class RunCompleted(OutputDirError):
 
 def one_line(message: Any) -> str:
     return "; ".join(part.strip() for part in str(message).splitlines() if part.strip())
+
+
+class NonFiniteLossError(FloatingPointError):
+    """The training loss became NaN or infinite: the run cannot recover by itself."""
+
+
+class JobInterrupted(BaseException):
+    """A signal stopped the job between two training steps. A BaseException, so that a sweep's launcher does not
+    take it for a failed job and go on: the sweep stops too (:func:`adaptive_ls.cli.handle_failure`).
+
+    ``requeue`` is submitit's handler of its requeue signal when that signal stopped the job: called once the job
+    has recorded itself as preempted, it resubmits the same job, which continues from its checkpoint.
+    """
+
+    def __init__(self, signum: int, requeue: Any = None):
+        self.signal, self.requeue = signal.Signals(signum), requeue
+        super().__init__(f"stopped by {self.signal.name}")
+
+    @property
+    def exit_code(self) -> int:
+        return 128 + int(self.signal)  # what a shell reports for a process the signal killed: 143, 130
+
+    @property
+    def status(self) -> str:
+        return "preempted" if self.requeue is not None else "interrupted"

@@ -12,7 +12,6 @@ from __future__ import annotations
 import os
 from typing import Optional
 
-import torch
 from omegaconf import OmegaConf
 
 GPU_ACCELERATORS = ("auto", "gpu", "cuda")
@@ -20,6 +19,8 @@ GPU_ACCELERATORS = ("auto", "gpu", "cuda")
 
 def auto_precision(accelerator: str = "auto") -> str:
     """Lightning precision for ``trainer.accelerator``: bf16 autocast on a bf16-capable CUDA GPU, else float32."""
+    import torch  # here, not at the top: the command line takes the run folder's lock before torch loads
+
     on_gpu = str(accelerator).lower() in GPU_ACCELERATORS and torch.cuda.is_available()
     return "bf16-mixed" if on_gpu and torch.cuda.is_bf16_supported() else "32-true"
 
@@ -37,6 +38,13 @@ def image_channels(grayscale: bool) -> int:
     return 1 if grayscale else 3
 
 
+def job_choice(group: str, *, _root_) -> str:
+    """What the job calls its ``group``: :func:`adaptive_ls.config.choice_name` of the whole config."""
+    from adaptive_ls.config import choice_name  # on use: the config layer loads Lightning
+
+    return choice_name(_root_, group)
+
+
 def register_resolvers() -> None:
     """Register the package's resolvers (idempotent; done on ``import adaptive_ls``)."""
     if not OmegaConf.has_resolver("auto_precision"):
@@ -48,6 +56,4 @@ def register_resolvers() -> None:
     if not OmegaConf.has_resolver("image_channels"):  # image_folder: in_channels
         OmegaConf.register_new_resolver("image_channels", image_channels)
     if not OmegaConf.has_resolver("choice"):  # logger/wandb.yaml: the W&B run's name and tags
-        from adaptive_ls.config import choice_name
-
-        OmegaConf.register_new_resolver("choice", lambda group, *, _root_: choice_name(_root_, group))
+        OmegaConf.register_new_resolver("choice", job_choice)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import functools
 import json
 import logging
+import os
 import shlex
 import sys
 from pathlib import Path
@@ -35,11 +36,16 @@ def is_multirun() -> bool:
 
 
 def is_global_zero() -> bool:
-    """Whether this process writes the job's files (results, W&B): the only one, or rank 0 of a distributed run
-    (Lightning's rank, read from the launcher's environment before the Trainer exists)."""
-    from pytorch_lightning.utilities.rank_zero import rank_zero_only
+    """Whether this process writes the job's files (results, W&B, the folder's lock): the only one, or rank 0 of a
+    distributed run. Lightning's rank once Lightning is loaded; before, the launcher's environment variables Lightning
+    reads its rank from, so the entry point can ask before importing it."""
+    if "pytorch_lightning" in sys.modules:
+        from pytorch_lightning.utilities.rank_zero import rank_zero_only
 
-    return getattr(rank_zero_only, "rank", 0) == 0
+        return getattr(rank_zero_only, "rank", 0) == 0
+    rank = next((os.environ[key] for key in ("RANK", "LOCAL_RANK", "SLURM_PROCID", "JSM_NAMESPACE_RANK")
+                 if key in os.environ), "0")
+    return int(rank) == 0
 
 
 # ---------------------------------------------------------------------------------------------------------------------

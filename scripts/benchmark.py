@@ -527,7 +527,7 @@ def time_sweep(args) -> dict:
             if threads is not None:  # CPU: split the cores between the jobs instead of oversubscribing them
                 env.update(OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
             sweep_dir = Path(tmp) / name
-            cmd = [sys.executable, "-m", "adaptive_ls.train", "-m", *overrides, f"hydra.sweep.dir={sweep_dir}"] + extra
+            cmd = [sys.executable, "-m", "adaptive_ls", "-m", *overrides, f"hydra.sweep.dir={sweep_dir}"] + extra
             start = time.perf_counter()
             proc = subprocess.run(cmd, cwd=tmp, env=env, capture_output=True, text=True)
             seconds = time.perf_counter() - start

@@ -36,7 +36,7 @@ COMPARED = ("test/acc", "test/nll", "test/ece", "test/brier", "val/acc", "val/ac
 
 
 def sweep_command(overrides: list[str], sweep_dir: Path) -> list[str]:
-    return [sys.executable, "-m", "adaptive_ls.train", "-m", *overrides, "trainer.enable_progress_bar=false",
+    return [sys.executable, "-m", "adaptive_ls", "-m", *overrides, "trainer.enable_progress_bar=false",
             f"hydra.sweep.dir={sweep_dir}"]
 
 

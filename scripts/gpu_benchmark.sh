@@ -100,7 +100,7 @@ say ""; TRAIN_NOTE="16 epochs, 45k train / 5k val"; [ "$SMOKE" = 1 ] && TRAIN_NO
 say "### fastnet training: experiment=fastnet_cifar10 ($TRAIN_NOTE, clean labels)"
 T0=$SECONDS
 rm -rf "$WORK/train"  # a fresh run every time (the package refuses to reuse a folder holding a completed run)
-python3 -m adaptive_ls.train experiment=fastnet_cifar10 data.root="$DATA" data.verify="$DATA_VERIFY" \
+python3 -m adaptive_ls experiment=fastnet_cifar10 data.root="$DATA" data.verify="$DATA_VERIFY" \
     hydra.run.dir="$WORK/train" trainer.enable_progress_bar=false "${TRAIN_TINY[@]}" > "$OUT/train.log" 2>&1
 say "exit $? after $((SECONDS - T0)) s (log: $OUT/train.log)"
 python3 - "$WORK/train/results.json" "$WORK/json/train_fastnet.json" <<'EOF' 2>&1 | tee -a "$SUMMARY"

@@ -1,7 +1,7 @@
 """Shared test helpers, plain functions and constants (tests/conftest.py holds the fixtures that wrap them).
 
 - Hydra: conf/ composed as the entry point composes it (:func:`compose`), tiny runs of it in-process
-  (:func:`run_in`, :func:`run_config`) and through ``python -m adaptive_ls.train`` (:func:`entry_point`).
+  (:func:`run_in`, :func:`run_config`) and through ``python -m adaptive_ls`` (:func:`entry_point`).
 - Faults to inject into a run, through the config as a user could add any callback:
   ``+callbacks.crash._target_=tests.runs.CrashAt +callbacks.crash.epoch=1 +callbacks.crash.batch=3``.
 - Data in real on-disk formats: CIFAR-10 (torchvision's layout), CIFAR-10N label files, ImageFolder trees.
@@ -102,7 +102,7 @@ def run_in(output_dir: Path, *overrides: str, preset: tuple[str, ...] = TINY) ->
 
 def entry_point(*overrides: str, run_dir: Path, preset: tuple[str, ...] = TINY, multirun: bool = False,
                 wait: bool = True, timeout: float = 300):
-    """``python -m adaptive_ls.train [-m] preset overrides hydra.{run,sweep}.dir=run_dir`` from ``run_dir``'s parent,
+    """``python -m adaptive_ls [-m] preset overrides hydra.{run,sweep}.dir=run_dir`` from ``run_dir``'s parent,
     this checkout's code first and one thread per job.
 
     ``wait=False`` returns the Popen (output to ``<run_dir>.log``) instead of the CompletedProcess.
@@ -111,7 +111,7 @@ def entry_point(*overrides: str, run_dir: Path, preset: tuple[str, ...] = TINY, 
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO_ROOT), env.get("PYTHONPATH", "")) if p)
     env.pop("HYDRA_FULL_ERROR", None)
     where = f"hydra.sweep.dir={run_dir}" if multirun else f"hydra.run.dir={run_dir}"
-    command = [sys.executable, "-m", "adaptive_ls.train", *(["-m"] if multirun else []), *preset, *overrides, where]
+    command = [sys.executable, "-m", "adaptive_ls", *(["-m"] if multirun else []), *preset, *overrides, where]
     if not wait:
         log = open(run_dir.parent / f"{run_dir.name}.log", "w")
         return subprocess.Popen(command, cwd=run_dir.parent, env=env, stdout=log, stderr=subprocess.STDOUT)

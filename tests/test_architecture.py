@@ -12,16 +12,18 @@ def _module_name(path: Path) -> str:
     return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
 
 
-def _type_checking_only(node: ast.AST, parents: dict) -> bool:
+def _never_imported(node: ast.AST, parents: dict) -> bool:
+    """Under ``if TYPE_CHECKING:`` or ``if __name__ == "__main__":``: code that never runs when the module is
+    imported by another one."""
     while node in parents:
         node = parents[node]
-        if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test):
+        if isinstance(node, ast.If) and any(name in ast.unparse(node.test) for name in ("TYPE_CHECKING", "__main__")):
             return True
     return False
 
 
 def import_graph() -> dict[str, set[str]]:
-    """module -> the package modules it imports, at the top or inside functions (not under TYPE_CHECKING)."""
+    """module -> the package modules it imports, at the top or inside functions."""
     modules = {_module_name(p): p for p in PACKAGE.rglob("*.py")}
     graph: dict[str, set[str]] = {name: set() for name in modules}
     for name, path in modules.items():
@@ -29,7 +31,7 @@ def import_graph() -> dict[str, set[str]]:
         parents = {child: parent for parent in ast.walk(tree) for child in ast.iter_child_nodes(parent)}
         package = name if path.name == "__init__.py" else name.rpartition(".")[0]
         for node in ast.walk(tree):
-            if _type_checking_only(node, parents):
+            if _never_imported(node, parents):
                 continue
             targets = []
             if isinstance(node, ast.Import):

@@ -128,7 +128,7 @@ def test_entry_point_reports_a_bad_setting_in_one_line(tmp_path):
 def test_a_completed_run_dir_is_refused_and_left_alone(tmp_path):
     """Re-running into a completed run's folder: refused, naming the ways out; nothing there changes (main does not
     record this failure in the folder's results.json: the folder is not this run's)."""
-    from adaptive_ls.train import record_failure
+    from adaptive_ls.cli import record_failure
 
     run_dir = tmp_path / "run"
     run_in(run_dir, "trainer.max_epochs=1")
@@ -145,7 +145,7 @@ def test_failed_jobs_are_recorded_and_reported(tmp_path, capsys, monkeypatch):
     """What main does with a failure: one line and an exit code alone, NaN (the sweep goes on) in a multirun."""
     from adaptive_ls.config import RunCompleted
     from adaptive_ls.callbacks import NonFiniteLossError
-    from adaptive_ls.train import handle_failure
+    from adaptive_ls.cli import handle_failure
 
     monkeypatch.delenv("HYDRA_FULL_ERROR", raising=False)
     cfg = compose(*TINY, f"paths.output_dir={tmp_path}")

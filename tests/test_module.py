@@ -14,7 +14,7 @@ from adaptive_ls.calibration import calibrate
 from adaptive_ls.metrics import calibration_metrics, reliability_bins, temperature_scaled_metrics
 from adaptive_ls.models import small_cnn
 from adaptive_ls.noise import SymmetricNoise
-from adaptive_ls.train import EpochHistory
+from adaptive_ls.callbacks import EpochHistory
 
 EPOCHS = 2
 
