@@ -10,6 +10,9 @@ logs per epoch, over the *training* split (``diag/`` in W&B, the CSV log and ``r
 * ``diag/acc_clean_subset``: accuracy on the correctly labelled samples;
 * ``diag/eps_noisy``, ``diag/eps_clean``: mean ε the smoothing policy used on corrupted vs clean samples: does an
   adaptive policy smooth the wrong labels more?
+* ``diag/eps_auroc``: the AUROC of the per-sample ε as a detector of the corrupted samples, the one number that
+  says whether a policy tells wrong labels from right ones: 0.5 is blind, 1.0 smooths every corrupted sample more
+  than every clean one. A batch-wide ε (``none``, ``fixed``, ``annealed``) tells no sample apart and reads 0.5.
 
 Where the predictions come from (``mode``):
 
@@ -21,7 +24,9 @@ Where the predictions come from (``mode``):
   the epoch (cost ≈ one evaluation epoch of the training set; thin it out with ``every_n_epochs``): the exact
   state of the end-of-epoch model, as the memorisation literature measures it.
 
-ε always comes from the training steps (it is what the policy actually used).
+ε always comes from the training steps (it is what the policy actually used). Its AUROC is exact (torchmetrics'
+``BinaryAUROC`` without binning: it keeps each training sample's ε and label over the epoch, 0.4 MB for CIFAR-10's
+45k, where binning would blur the narrow range an adaptive ε spans, e.g. [0, 0.4]).
 """
 from __future__ import annotations
 
@@ -31,6 +36,7 @@ from typing import TYPE_CHECKING, Optional
 import pytorch_lightning as pl
 import torch
 from torch import Tensor
+from torchmetrics.classification import BinaryAUROC
 
 from adaptive_ls.callbacks import PeriodicMetrics
 from adaptive_ls.data import KnownNoise
@@ -67,6 +73,23 @@ def eps_sums(eps: Tensor, index: Tensor, is_noisy: Tensor) -> Tensor:
     return torch.stack([corrupted.sum(), (1 - corrupted).sum(), (eps * corrupted).sum(), (eps * (1 - corrupted)).sum()])
 
 
+def noise_detector() -> BinaryAUROC:
+    """An exact AUROC of the scores as they are: by default torchmetrics would squash each batch holding an ε
+    outside [0, 1] (negative smoothing) by a sigmoid, and batches so squashed no longer rank against the others."""
+    return BinaryAUROC(thresholds=None, normalization=None)
+
+
+def detection_scores(eps: Tensor, corrupted: Tensor) -> Tensor:
+    """Per-sample scores of a batch for :func:`noise_detector`: ε, or a tie for a batch-wide (0-dim) ε.
+
+    A batch-wide ε ranks no sample above another; taken as it is, an annealed ε would rank the batches by when they
+    came and read as a detector by chance.
+    """
+    if eps.dim() == 0:
+        return torch.zeros(corrupted.shape, device=corrupted.device)
+    return torch.broadcast_to(eps.detach().to(torch.float32), corrupted.shape)
+
+
 def summarize(pred_counts: Tensor, eps_counts: Optional[Tensor]) -> dict[str, Tensor]:
     """Fractions from the count vectors (0-dim tensors on their device; NaN where a subset is empty)."""
     n_noisy, n_clean, memorized, corrected, clean_correct = pred_counts.unbind()
@@ -88,7 +111,8 @@ class NoiseDiagnostics(PeriodicMetrics):
     Needs the data module's ``is_noisy``, ``clean_labels`` and ``noisy_labels`` and training steps that return
     a ``TrainingStepOutput`` (as :class:`~adaptive_ls.module.LabelSmoothingClassifier` does). It does
     nothing when the training labels are all clean (see :meth:`applies_to`). Counting runs on the device with no
-    host sync in the step; under DDP the per-rank counts are summed once per epoch.
+    host sync in the step; under DDP the per-rank counts are summed once per epoch and the ε AUROC is computed over
+    the samples of all ranks (torchmetrics gathers its states on ``compute``).
 
     Args:
         mode: ``train_outputs`` (free, from the training steps) or ``eval_pass`` (one un-augmented pass over the
@@ -106,6 +130,7 @@ class NoiseDiagnostics(PeriodicMetrics):
         self._masks: Optional[tuple[Tensor, Tensor, Tensor]] = None
         self._pred: Optional[Tensor] = None
         self._eps: Optional[Tensor] = None
+        self._eps_auroc: Optional[BinaryAUROC] = None
         self._this_epoch = False
 
     metric_prefix = "diag/"
@@ -126,6 +151,7 @@ class NoiseDiagnostics(PeriodicMetrics):
         device = pl_module.device
         self._masks = (datamodule.is_noisy.to(device), datamodule.clean_labels.to(device),
                        datamodule.noisy_labels.to(device))
+        self._eps_auroc = noise_detector().to(device)
 
     def _logging_epoch(self, trainer) -> bool:
         epoch, max_epochs = trainer.current_epoch, trainer.max_epochs or -1
@@ -136,6 +162,7 @@ class NoiseDiagnostics(PeriodicMetrics):
         if self._this_epoch:
             self._pred = torch.zeros(len(PRED_FIELDS), device=pl_module.device)
             self._eps = torch.zeros(len(EPS_FIELDS), device=pl_module.device)
+            self._eps_auroc.reset()
 
     def on_train_batch_end(self, trainer, pl_module, outputs: Optional["TrainingStepOutput"], batch,
                            batch_idx: int) -> None:
@@ -144,6 +171,8 @@ class NoiseDiagnostics(PeriodicMetrics):
         is_noisy, clean, noisy = self._masks
         index = outputs["index"]
         self._eps += eps_sums(outputs["eps"], index, is_noisy)
+        corrupted = is_noisy[index]
+        self._eps_auroc.update(detection_scores(outputs["eps"], corrupted), corrupted.to(torch.int))
         if self.mode == "train_outputs":
             self._pred += prediction_counts(outputs["logits"].argmax(dim=-1), index, is_noisy, clean, noisy)
 
@@ -155,7 +184,10 @@ class NoiseDiagnostics(PeriodicMetrics):
             pred = self._eval_pass(trainer, pl_module)  # every rank sees the whole split: no reduction
         else:
             pred = trainer.strategy.reduce(self._pred, reduce_op="sum")
-        for name, value in summarize(pred, eps).items():
+        values = summarize(pred, eps)
+        values["diag/eps_auroc"] = self._eps_auroc.compute()
+        self._eps_auroc.reset()
+        for name, value in values.items():
             pl_module.log(name, value, on_step=False, on_epoch=True)
         self.last_logged_epoch = trainer.current_epoch
         self._this_epoch = False

@@ -1,4 +1,5 @@
-"""Noise diagnostics: memorisation, correction, clean accuracy and ε per subset, on cases with known answers."""
+"""Noise diagnostics: memorisation, correction, clean accuracy, ε per subset and its AUROC, on cases with known
+answers."""
 from __future__ import annotations
 
 import pytest
@@ -9,7 +10,8 @@ from torch import nn
 
 from adaptive_ls.callbacks import EpochHistory
 from adaptive_ls.data import DigitsDataModule
-from adaptive_ls.diagnostics import NoiseDiagnostics, eps_sums, prediction_counts, summarize
+from adaptive_ls.diagnostics import (NoiseDiagnostics, detection_scores, eps_sums, noise_detector,
+                                     prediction_counts, summarize)
 from adaptive_ls.models import small_cnn
 from adaptive_ls.module import LabelSmoothingClassifier
 from adaptive_ls.noise import NoNoise, SymmetricNoise
@@ -37,6 +39,33 @@ def test_counts_and_fractions_by_hand():
     torch.testing.assert_close(eps_sums(torch.tensor(0.25), index, is_noisy), torch.tensor([3.0, 3.0, 0.75, 0.75]))
 
 
+def auroc(*batches: tuple[torch.Tensor, torch.Tensor]) -> float:
+    """The AUROC of ε over batches of (ε, is corrupted), updated batch by batch as the callback does."""
+    metric = noise_detector()
+    for eps, corrupted in batches:
+        metric.update(detection_scores(eps, corrupted), corrupted.to(torch.int))
+    return float(metric.compute())
+
+
+def test_eps_auroc_by_hand():
+    # corrupted ε 0.9, 0.8 against clean 0.1, 0.85, 0.2: 5 of the 6 (corrupted, clean) pairs are ordered right
+    eps = torch.tensor([0.9, 0.1, 0.85, 0.8, 0.2])
+    corrupted = torch.tensor([True, False, False, True, False])
+    assert auroc((eps, corrupted)) == pytest.approx(5 / 6)
+    assert auroc((eps[:2], corrupted[:2]), (eps[2:], corrupted[2:])) == pytest.approx(5 / 6)  # batches = one update
+    assert auroc((-eps, corrupted)) == pytest.approx(1 / 6)  # a negative ε is ranked as it is, not squashed
+    # a tie counts half: corrupted 0.5 against clean 0.5 and 0.1
+    assert auroc((torch.tensor([0.5, 0.5, 0.1]), torch.tensor([True, False, False]))) == pytest.approx(0.75)
+
+
+def test_a_batch_wide_eps_reads_blind():
+    corrupted = torch.tensor([True, False, False, True, False])
+    assert auroc((torch.full((5,), 0.1), corrupted)) == 0.5  # one ε for every sample: all ties
+    # an annealed ε changes between steps, not within one: still 0.5, though the later batch holds more corrupted
+    assert auroc((torch.tensor(0.4), corrupted[:2]), (torch.tensor(0.1), corrupted[2:])) == 0.5
+    assert auroc((torch.tensor(-0.2), corrupted)) == 0.5  # negative smoothing
+
+
 def test_bad_settings_name_the_key():
     with pytest.raises(ValueError, match="^mode='train'"):
         NoiseDiagnostics(mode="train")
@@ -45,7 +74,8 @@ def test_bad_settings_name_the_key():
 
 
 class Oracle(pl.LightningModule):
-    """Predicts a fixed class per training sample and reports a fixed ε per sample: known diagnostics."""
+    """Predicts a fixed class per training sample and reports a fixed ε per sample: known diagnostics. Outside the
+    training step (an eval pass) it predicts class 0."""
 
     def __init__(self, predict: torch.Tensor, eps: torch.Tensor):
         super().__init__()
@@ -60,8 +90,19 @@ class Oracle(pl.LightningModule):
         self.log("train/loss", loss, on_step=False, on_epoch=True)  # so that every epoch has a history row
         return {"loss": loss, "eps": self.eps[index], "index": index, "logits": logits}
 
+    def forward(self, images):
+        return torch.zeros(len(images), 10, device=images.device)
+
     def configure_optimizers(self):
         return torch.optim.SGD(self.parameters(), lr=0.1)
+
+
+def fit(module, datamodule, *callbacks, max_epochs: int = 3) -> pl.Trainer:
+    trainer = pl.Trainer(max_epochs=max_epochs, accelerator="cpu", logger=False, enable_checkpointing=False,
+                         enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0,
+                         callbacks=list(callbacks))
+    trainer.fit(module, datamodule=datamodule)
+    return trainer
 
 
 def noisy_digits(**kw) -> DigitsDataModule:
@@ -90,10 +131,7 @@ def test_callback_logs_known_values_from_training_outputs():
     eps = torch.where(datamodule.is_noisy, 0.3, 0.1)
 
     history = EpochHistory()
-    trainer = pl.Trainer(max_epochs=3, accelerator="cpu", logger=False, enable_checkpointing=False,
-                         enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0,
-                         callbacks=[NoiseDiagnostics(every_n_epochs=2), history])
-    trainer.fit(Oracle(predict, eps), datamodule=datamodule)
+    trainer = fit(Oracle(predict, eps), datamodule, NoiseDiagnostics(every_n_epochs=2), history)
 
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("diag/")}
     assert metrics == pytest.approx({
@@ -102,9 +140,21 @@ def test_callback_logs_known_values_from_training_outputs():
         "diag/acc_clean_subset": 1 - 100 / len(clean_ones),
         "diag/eps_noisy": 0.3,
         "diag/eps_clean": 0.1,
+        "diag/eps_auroc": 1.0,  # every corrupted sample has the larger ε
     })
     # every_n_epochs=2 over 3 epochs: logged after epoch 1 and after the last epoch (2), not after epoch 0
     assert ["diag/memorized" in row for row in history.history] == [False, True, True]
+
+
+@pytest.mark.parametrize("mode", ["train_outputs", "eval_pass"])
+def test_eps_auroc_is_known_in_both_modes(mode):
+    datamodule = noisy_digits()
+    train = datamodule.train_index
+    clean_ones = train[~datamodule.is_noisy[train]]
+    eps = torch.where(datamodule.is_noisy, 0.3, 0.1)
+    eps[clean_ones[:100]] = 0.3  # ties with every corrupted sample: each counts half
+    trainer = fit(Oracle(datamodule.clean_labels, eps), datamodule, NoiseDiagnostics(mode=mode), max_epochs=2)
+    assert float(trainer.callback_metrics["diag/eps_auroc"]) == pytest.approx(1 - 0.5 * 100 / len(clean_ones))
 
 
 def test_eval_pass_matches_a_manual_pass_over_the_training_split():
@@ -130,6 +180,7 @@ def test_eval_pass_matches_a_manual_pass_over_the_training_split():
     for name, value in expected.items():
         assert float(trainer.callback_metrics[name]) == pytest.approx(float(value), abs=1e-6), name
     assert float(trainer.callback_metrics["diag/eps_noisy"]) == pytest.approx(0.1)
+    assert float(trainer.callback_metrics["diag/eps_auroc"]) == 0.5  # a fixed ε tells no sample apart
     assert module.training is False  # we set it; the callback restored train mode during fit (no error above)
 
 
@@ -149,5 +200,7 @@ def test_history_rows_hold_only_what_was_measured_in_their_epoch(tmp_path):
     history = results["history"]
     assert [row["epoch"] for row in history] == [0, 1, 2, 3, 4]
     assert ["diag/memorized" in row for row in history] == [False, False, True, False, True]
+    assert ["diag/eps_auroc" in row for row in history] == [False, False, True, False, True]
+    assert results["diag/eps_auroc"] == 0.5  # smoothing=none: one ε for all
     assert ["val/acc" in row for row in history] == [False, True, False, True, False]
     assert all("train/loss" in row for row in history)

@@ -33,7 +33,8 @@ def make_job(root: Path, num: int, policy: str, rate: float, seed: int, acc: flo
     overrides = overrides if overrides is not None else [f"smoothing={policy}", f"noise.rate={rate}", f"seed={seed}"]
     (job / ".hydra" / "overrides.yaml").write_text("".join(f"- {o}\n" for o in overrides))
     history = [{"epoch": e, "train/loss": 2.0 - e, "smoothing/eps_mean": eps * (1 - e / epochs),
-                "diag/memorized": rate * e / epochs, "diag/corrected": rate * (1 - e / epochs)} for e in range(epochs)]
+                "diag/memorized": rate * e / epochs, "diag/corrected": rate * (1 - e / epochs),
+                "diag/eps_auroc": 0.5 + rate * e / epochs} for e in range(epochs)]
     settings = POLICY_SETTINGS.get(policy, {}) if settings is None else settings
     noise_settings = {"rate": rate} if noise_settings is None else noise_settings
     results = {"status": status, "smoothing": policy, **{f"smoothing/{k}": v for k, v in settings.items()},
@@ -127,6 +128,23 @@ def test_plots_are_written_and_memorisation_appears_when_logged(sweep):
     rep = report.report([sweep])
     assert not (sweep / report.PLOTS["memorization"]).exists()
     assert "Memorisation of the noisy labels" not in rep.plots
+
+
+@pytest.mark.slow
+def test_eps_auroc_plot_is_written_only_when_logged(sweep):
+    report.report([sweep])
+    path = sweep / report.PLOTS["eps_auroc"]
+    assert path.read_bytes().startswith(PNG_MAGIC) and f"]({path.name})" in (sweep / "report.md").read_text()
+    for job in sweep.glob("*/results.json"):  # jobs from before the AUROC was logged
+        results = json.loads(job.read_text())
+        for row in results.get("history", []):
+            row.pop("diag/eps_auroc")
+        job.write_text(json.dumps(results))
+    path.unlink()
+    rep = report.report([sweep])
+    assert not path.exists() and path not in rep.plots.values()
+    assert path.name not in (sweep / "report.md").read_text()
+    assert (sweep / report.PLOTS["memorization"]).exists()
 
 
 def test_reliability_bins_are_pooled_over_seeds(sweep):
@@ -273,7 +291,7 @@ def test_command_line_says_what_it_read(sweep, tmp_path, caplog):
     assert f"read 13 jobs under {sweep}: 11 completed, 1 failed, 1 missing" in caplog.text
     assert "failed 2026-01-01_00-00-00/11: ValueError: smoothing.eps=1.5" in caplog.text
     assert "missing 2026-01-01_00-00-00/12: no results.json" in caplog.text
-    assert f"wrote {sweep / 'report.md'}, {sweep / 'report.csv'} and 5 plots" in caplog.text
+    assert f"wrote {sweep / 'report.md'}, {sweep / 'report.csv'} and 6 plots" in caplog.text
     assert report.main([str(tmp_path / "nowhere")]) == 2
 
 

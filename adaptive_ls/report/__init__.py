@@ -6,8 +6,9 @@ Reads every job's ``results.json`` under the sweep folder(s) and writes, into th
   the test accuracy (final and at the best noisy-validation epoch), ECE and NLL, with the number of seeds; the jobs
   without a result (failed, interrupted, unfinished, missing) listed by name.
 - PNG plots: test accuracy and ECE vs noise rate (a line per policy, a panel per noise kind), ε over training per
-  policy, reliability diagrams side by side at one noise setting, and memorisation of the noisy labels over training
-  when the jobs logged it (``diag/memorized``, ``diag/corrected``).
+  policy, reliability diagrams side by side at one noise setting, and, when the jobs logged them, memorisation of the
+  noisy labels over training (``diag/memorized``, ``diag/corrected``) and the AUROC of ε as a detector of the
+  corrupted labels (``diag/eps_auroc``; 0.5 is blind).
 
 Policy and noise are the config choices the jobs recorded (``smoothing=negative`` is ``negative``). Settings other
 than the seed that vary within a (policy, noise, rate) cell (a tuned ε, a swept learning rate) become extra key

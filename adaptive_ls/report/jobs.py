@@ -24,7 +24,7 @@ METRICS = {
 KEYS = ["policy", "noise", "rate"]
 SETTING = "setting:"  # prefix of the jobs table's setting columns
 # Known names first, in this order; any other name follows, alphabetically.
-POLICY_ORDER = ["none", "fixed", "negative", "annealed", "adaptive", "online", "self_distill"]
+POLICY_ORDER = ["none", "fixed", "negative", "annealed", "adaptive", "alasca", "self_adaptive", "online", "self_distill"]
 NOISE_ORDER = ["none", "symmetric", "asymmetric", "pairflip", "instance", "cifar10n", "file"]
 STATUS_ORDER = ["completed", "failed", "interrupted", "running", "missing"]
 STATUS_TEXT = {  # what a status means when the job left no error message

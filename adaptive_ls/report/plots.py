@@ -23,11 +23,12 @@ PLOTS = {
     "eps": "eps_over_training.png",
     "reliability": "reliability.png",
     "memorization": "memorization.png",
+    "eps_auroc": "eps_auroc.png",
 }
 POLICY_COLORS = {"none": "black", "fixed": "tab:blue", "negative": "tab:purple", "annealed": "tab:orange",
-                 "adaptive": "tab:green", "online": "tab:red", "self_distill": "tab:brown"}
-OTHER_COLORS = ["tab:pink", "tab:olive", "tab:cyan", "tab:gray", "gold", "navy", "teal", "maroon", "lime",
-                "slateblue"]
+                 "adaptive": "tab:green", "online": "tab:red", "self_distill": "tab:brown", "alasca": "tab:cyan",
+                 "self_adaptive": "tab:olive"}
+OTHER_COLORS = ["tab:pink", "tab:gray", "gold", "navy", "teal", "maroon", "lime", "slateblue"]
 
 
 def _named(frame: pd.DataFrame, settings: Sequence[str]) -> pd.DataFrame:
@@ -124,8 +125,12 @@ def _mean_curve(job_dirs: Sequence[str], jobs_by_dir: dict[str, Job], key: str) 
 
 
 def plot_curves(table: pd.DataFrame, jobs: Sequence[Job], keys: dict[str, str], ylabel: str, path: Path,
-                skip_clean: bool = False, band: Optional[tuple[str, str]] = None) -> Optional[Path]:
-    """History curves (mean over seeds) per row name, a panel per noise setting. ``keys``: history key -> style."""
+                skip_clean: bool = False, band: Optional[tuple[str, str]] = None,
+                reference: Optional[float] = None) -> Optional[Path]:
+    """History curves (mean over seeds) per row name, a panel per noise setting. ``keys``: history key -> style.
+
+    ``reference``: a value drawn as a dotted grey line in every panel (the chance level of a score).
+    """
     if table.empty:
         return None
     by_dir = {str(j.dir): j for j in jobs}
@@ -151,6 +156,8 @@ def plot_curves(table: pd.DataFrame, jobs: Sequence[Job], keys: dict[str, str], 
                 if low is not None and high is not None:
                     ax.fill_between(low["epoch"], low[band[0]], high[band[1]], color=colors[label], alpha=0.15,
                                     label=f"{label}: min–max over samples")
+        if reference is not None:
+            ax.axhline(reference, color="gray", linestyle=":", linewidth=1)
         ax.set_title(f"{kind} noise, rate {float(rate)}")
         ax.set_xlabel("epoch")
         ax.set_ylabel(ylabel)
@@ -217,5 +224,8 @@ def make_plots(rep: SweepReport, reliability_setting: Optional[tuple[str, float]
         "Memorisation of the noisy labels": plot_curves(
             table, jobs, {"diag/memorized": "-", "diag/corrected": "--"},
             "fraction of the corrupted training samples", out / PLOTS["memorization"], skip_clean=True),
+        "ε as a detector of the noisy labels": plot_curves(
+            table, jobs, {"diag/eps_auroc": "-"}, "AUROC of ε for the corrupted samples", out / PLOTS["eps_auroc"],
+            skip_clean=True, reference=0.5),
     }
     rep.plots.update({name: path for name, path in made.items() if path is not None})
