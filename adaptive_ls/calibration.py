@@ -3,18 +3,25 @@
 The temperature is fitted on the validation split's logits of the module's current weights and applied to the test
 split's, both from one evaluation pass (:func:`evaluation_logits`), so the result does not depend on which weights the
 last validation epoch happened to evaluate.
+
+Two temperatures are fitted. The plain one (``test/temperature``, ``test/ts_*``) maximises the likelihood of the
+validation labels as they are, so on a noisy validation split it calibrates the model to the noise. The noise-aware
+one (``test/nts_temperature``, ``test/nts_*``) maximises the likelihood of the noisy labels under
+softmax(z / T) @ transition, the noise transition matrix of :func:`noise_transition`, so it calibrates to the true
+labels.
 """
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Optional, Sequence
 
+import numpy as np
 import pytorch_lightning as pl
 import torch
 from torch import Tensor
 
-from adaptive_ls.metrics import temperature_scaled_metrics
+from adaptive_ls.metrics import noise_aware_temperature_scaled_metrics, temperature_scaled_metrics
 
-__all__ = ["calibrate", "evaluation_logits"]
+__all__ = ["calibrate", "evaluation_logits", "noise_transition"]
 
 
 class _PredictSplits(pl.LightningDataModule):
@@ -63,9 +70,40 @@ def evaluation_logits(trainer: pl.Trainer, module: pl.LightningModule, datamodul
             for batches in outputs]
 
 
+def noise_transition(datamodule: pl.LightningDataModule) -> Optional[np.ndarray]:
+    """The noise transition matrix T[i, j] = P(noisy = j | true = i) of the validation split's labels, or None where
+    the data module does not know which training labels are noisy (no ``is_noisy``).
+
+    It is the data module's empirical ``transition_matrix()`` over the whole training set, whose noisy labels the
+    validation split is carved from. For the exact-count synthetic kinds (symmetric, pairflip, asymmetric) that is
+    the realised noise itself; for instance noise it is the class-level average of per-sample flips; for a label file
+    (real noise, CIFAR-10N) it is an estimate that needs the training set's clean labels, which real noisy data
+    usually lacks: without them there is no T, and no noise-aware fit.
+    """
+    if getattr(datamodule, "is_noisy", None) is None or getattr(datamodule, "clean_labels", None) is None:
+        return None
+    return datamodule.transition_matrix()
+
+
+def _noise_aware_metrics(datamodule: pl.LightningDataModule, plain: dict, val_logits: Tensor, val_targets: Tensor,
+                         test_logits: Tensor, test_targets: Tensor, n_bins: int) -> dict:
+    """``nts_*`` beside the plain fit's ``ts_*``: with ``clean_val`` the validation labels are the true ones and the
+    plain fit already is the noise-aware one, so its values are repeated; {} where the noise is unknown."""
+    if getattr(datamodule, "clean_val", False):
+        return {"nts_temperature": plain["temperature"],
+                **{f"nts_{name[3:]}": value for name, value in plain.items() if name.startswith("ts_")}}
+    transition = noise_transition(datamodule)
+    if transition is None:
+        return {}
+    return noise_aware_temperature_scaled_metrics(val_logits, val_targets, test_logits, test_targets, transition,
+                                                  n_bins=n_bins)
+
+
 def calibrate(trainer: pl.Trainer, module: pl.LightningModule, datamodule: pl.LightningDataModule) -> dict[str, float]:
     """Temperature scaling of the module's current weights: ``test/temperature`` fitted on the validation split and
-    ``test/ts_{acc,nll,ece,ece_adaptive,mce,brier}`` of the test logits divided by it; {} without a validation split.
+    ``test/ts_{acc,nll,ece,ece_adaptive,mce,brier}`` of the test logits divided by it; beside them the noise-aware
+    fit's ``test/nts_temperature`` and ``test/nts_*`` (equal to ``ts`` with ``clean_val``, absent where the data
+    module has no ``is_noisy``); {} without a validation split.
 
     Values are float32-rounded, as ``trainer.test`` reports its metrics.
     """
@@ -73,4 +111,6 @@ def calibrate(trainer: pl.Trainer, module: pl.LightningModule, datamodule: pl.Li
         return {}
     (val_logits, val_targets), (test_logits, test_targets) = evaluation_logits(trainer, module, datamodule)
     metrics = temperature_scaled_metrics(val_logits, val_targets, test_logits, test_targets, n_bins=module.ece_bins)
+    metrics.update(_noise_aware_metrics(datamodule, metrics, val_logits, val_targets, test_logits, test_targets,
+                                        n_bins=module.ece_bins))
     return {f"test/{name}": float(torch.as_tensor(value, dtype=torch.float32)) for name, value in metrics.items()}

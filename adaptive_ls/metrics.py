@@ -7,9 +7,10 @@ Two forms of the same numbers:
       Every one of them is updated with logits ``[B, K]`` and integer targets ``[B]``.
     * functions of a whole split at once: :func:`calibration_metrics` (a one-shot update of that collection),
       :func:`reliability_bins`, :func:`adaptive_calibration_error`, :func:`brier_score`, :func:`fit_temperature`,
-      :func:`temperature_scaled_metrics`. They take logits (or probabilities) ``[N, K]`` and integer targets ``[N]``,
-      compute in float32 on the inputs' device and return 0-dim tensors (no host sync), except
-      :func:`fit_temperature`, whose documented return is a Python float.
+      :func:`temperature_scaled_metrics` and their noise-aware forms :func:`fit_noise_aware_temperature`,
+      :func:`noise_aware_temperature_scaled_metrics`. They take logits (or probabilities) ``[N, K]`` and integer
+      targets ``[N]``, compute in float32 on the inputs' device and return 0-dim tensors (no host sync), except
+      the temperature fits, whose documented return is a Python float (the noise-aware one computes in float64).
 
 Conventions:
     * Top-label calibration: confidence is the max softmax probability, correctness is
@@ -43,6 +44,8 @@ __all__ = [
     "brier_score",
     "calibration_metrics",
     "evaluation_metrics",
+    "noise_aware_temperature_scaled_metrics",
+    "fit_noise_aware_temperature",
     "fit_temperature",
     "reliability_bins",
     "temperature_scaled_metrics",
@@ -355,4 +358,85 @@ def temperature_scaled_metrics(
     scaled = test_logits.detach().float() / temperature
     out: dict[str, Tensor | float] = {"temperature": temperature}
     out.update({f"ts_{k}": v for k, v in calibration_metrics(scaled, test_targets, n_bins).items()})
+    return out
+
+
+def _check_transition(transition: Tensor, num_classes: int) -> None:
+    """A noise transition matrix must be a [K, K] row-stochastic matrix (an all-zero row: a class with no samples)."""
+    if transition.shape != (num_classes, num_classes):
+        raise ValueError(f"transition must have shape [K, K] = [{num_classes}, {num_classes}] (rows: true class, "
+                         f"columns: noisy class), got {tuple(transition.shape)}.")
+    if not bool(torch.isfinite(transition).all()) or bool((transition < 0).any()):
+        raise ValueError("transition must hold finite probabilities >= 0.")
+    rows = transition.sum(dim=1)
+    if not bool(((rows - 1).abs() < 1e-6).logical_or(rows == 0).all()):
+        raise ValueError(f"transition rows must sum to 1 (P(noisy | true)), got row sums {rows.tolist()}.")
+
+
+def _noisy_label_nll(logits: Tensor, log_transition_to_targets: Tensor, log_t: Tensor) -> Tensor:
+    """Mean -log (softmax(logits / T) @ transition)[noisy target], as a log-sum-exp over the true class so that
+    confident logits (a softmax that underflows) keep a finite loss; ``log_transition_to_targets[n, i]`` is
+    ``log transition[i, target_n]``."""
+    log_probs = F.log_softmax(logits * torch.exp(-log_t.clamp(-_LOG_T_BOUND, _LOG_T_BOUND)), dim=1)
+    return -torch.logsumexp(log_probs + log_transition_to_targets, dim=1).mean()
+
+
+def fit_noise_aware_temperature(logits: Tensor, noisy_targets: Tensor, transition, max_iter: int = 100) -> float:
+    """Fit T > 0 maximising the likelihood of *noisy* labels under softmax(logits / T) @ transition, so that T
+    calibrates the logits to the true labels rather than to the noise (plain :func:`fit_temperature` on noisy
+    labels softens the model until its confidence matches the noisy labels' agreement with it).
+
+    ``transition[i, j]`` = P(noisy = j | true = i), a [K, K] array-like. The same search as :func:`fit_temperature`
+    (L-BFGS on log T, T bounded to about [1e-3, 1e3]), in float64; with the identity matrix it is that fit.
+    """
+    _check_scores_targets(logits, noisy_targets)
+    if isinstance(max_iter, bool) or not isinstance(max_iter, int) or max_iter < 1:
+        raise ValueError(f"max_iter must be a positive int, got {max_iter!r}.")
+    with torch.inference_mode(False), torch.enable_grad():
+        z = logits.detach().to(torch.float64).clone()
+        y = noisy_targets.detach().long().clone()
+        matrix = torch.as_tensor(transition, dtype=torch.float64).to(z.device).clone()
+        _check_transition(matrix, z.shape[1])
+        if not bool((matrix[:, y].sum(dim=0) > 0).all()):
+            raise ValueError("a target class has an all-zero transition column: no true class can be noised into "
+                             "it, so its likelihood is 0 at every temperature.")
+        log_transition_to_targets = matrix.log().T[y]  # [N, K]; log 0 = -inf drops impossible true classes
+        log_t = torch.zeros((), device=z.device, dtype=torch.float64, requires_grad=True)
+        opt = torch.optim.LBFGS([log_t], lr=1.0, max_iter=max_iter, line_search_fn="strong_wolfe")
+
+        def closure() -> Tensor:
+            opt.zero_grad()
+            loss = _noisy_label_nll(z, log_transition_to_targets, log_t)
+            loss.backward()
+            return loss
+
+        opt.step(closure)
+        log_t_value = float(log_t.detach().clamp(-_LOG_T_BOUND, _LOG_T_BOUND))
+    if not math.isfinite(log_t_value):
+        raise RuntimeError("noise-aware temperature fit diverged (non-finite log T); check logits for NaN/inf.")
+    return math.exp(log_t_value)
+
+
+def noise_aware_temperature_scaled_metrics(
+    val_logits: Tensor,
+    val_noisy_targets: Tensor,
+    test_logits: Tensor,
+    test_targets: Tensor,
+    transition,
+    n_bins: int = 15,
+) -> dict[str, Tensor | float]:
+    """Fit T on the noisy validation labels through ``transition`` (:func:`fit_noise_aware_temperature`), report
+    ``nts_temperature`` and ``nts_``-prefixed calibration_metrics of the clean test_logits / T.
+
+    The counterpart of :func:`temperature_scaled_metrics` for a noisy validation split whose noise is known.
+    """
+    _check_scores_targets(val_logits, val_noisy_targets, name="val_logits")
+    _check_scores_targets(test_logits, test_targets, name="test_logits")
+    if val_logits.shape[1] != test_logits.shape[1]:
+        raise ValueError(f"val_logits has K={val_logits.shape[1]} classes but "
+                         f"test_logits has K={test_logits.shape[1]}.")
+    temperature = fit_noise_aware_temperature(val_logits, val_noisy_targets, transition)
+    scaled = test_logits.detach().float() / temperature
+    out: dict[str, Tensor | float] = {"nts_temperature": temperature}
+    out.update({f"nts_{k}": v for k, v in calibration_metrics(scaled, test_targets, n_bins).items()})
     return out
