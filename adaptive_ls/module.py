@@ -216,7 +216,7 @@ class LabelSmoothingClassifier(pl.LightningModule):
             self.eps_max.update(eps)
         if not self._train_metrics_logged:  # the first step of this epoch (also when a run resumed mid-epoch)
             self._log_epoch_metrics()
-        return TrainingStepOutput(loss=loss_per_sample.mean(), eps=eps, index=index, logits=logits.detach())
+        return TrainingStepOutput(loss=target.batch_loss(loss_per_sample), eps=eps, index=index, logits=logits.detach())
 
     def _log_epoch_metrics(self) -> None:
         """Hand the epoch's torchmetrics to Lightning once per epoch: it computes (and, under DDP, reduces) and resets

@@ -103,10 +103,23 @@ class Progress:
 
 @dataclass
 class SmoothingTarget:
-    """What a policy returns for a batch: ε (float or [B] tensor) and q (None = uniform, or [B, K])."""
+    """What a policy returns for a batch: ε (float or [B] tensor), q (None = uniform, or [B, K]) and optionally a
+    per-sample loss weight [B] (None = the plain mean over the batch).
+
+    A weight cannot be folded into (ε, q) without giving up ε as the label's share of the target, which the
+    diagnostics report; so it is a field of its own, applied by :meth:`batch_loss`.
+    """
 
     eps: Eps
     q: Optional[Tensor] = None
+    weight: Optional[Tensor] = None
+
+    def batch_loss(self, loss_per_sample: Tensor) -> Tensor:
+        """The batch's loss: the mean, or with ``weight`` the weighted mean Σ w_i·loss_i / Σ w_i."""
+        if self.weight is None:
+            return loss_per_sample.mean()
+        weight = self.weight.to(loss_per_sample.dtype)
+        return (weight * loss_per_sample).sum() / weight.sum()
 
 
 class SmoothingPolicy(nn.Module):
@@ -203,7 +216,7 @@ class FixedSmoothing(SmoothingPolicy):
 
 
 
-ANNEAL_SCHEDULES = ("linear", "cosine", "exponential", "step")
+ANNEAL_SCHEDULES = ("linear", "cosine", "exponential", "step", "switch")
 
 
 def annealed_eps(
@@ -218,8 +231,11 @@ def annealed_eps(
 
     ``exponential`` interpolates geometrically (needs both ends of the same sign and non-zero; ε_end = 0 is treated
     as decaying to 1e-4 of ε_start, then snapped to 0 at the end); ``step`` makes ``num_steps`` equal drops between
-    ``num_steps + 1`` equal plateaus, the last at ``eps_end``.
+    ``num_steps + 1`` equal plateaus, the last at ``eps_end``. ``switch`` jumps: ``eps_start`` for the steps before
+    ``hold_fraction`` of training, ``eps_end`` from that step on (CE-then-NLS, as the NLS authors train at high noise).
     """
+    if schedule == "switch":  # the step at exactly hold_fraction is the first at eps_end: an exact epoch boundary
+        return eps_start if fraction < hold_fraction else eps_end
     if fraction <= hold_fraction:
         return eps_start
     t = min((fraction - hold_fraction) / max(1.0 - hold_fraction, 1e-12), 1.0)
@@ -243,7 +259,11 @@ def annealed_eps(
 
 
 class AnnealedSmoothing(SmoothingPolicy):
-    """ε moves from ``eps_start`` to ``eps_end`` over training, by optimizer step (not epoch)."""
+    """ε moves from ``eps_start`` to ``eps_end`` over training, by optimizer step (not epoch).
+
+    ``schedule="switch"`` with ``eps_start=0, eps_end=-0.4, hold_fraction=0.5`` is plain CE for the first half of the
+    steps and NLS from then on.
+    """
 
     name = "annealed"
 
@@ -262,6 +282,9 @@ class AnnealedSmoothing(SmoothingPolicy):
             raise SmoothingSettingError(f"schedule={schedule!r}: allowed are {', '.join(ANNEAL_SCHEDULES)}")
         if not 0.0 <= hold_fraction < 1.0:
             raise SmoothingSettingError(f"hold_fraction={hold_fraction}: allowed is 0 <= hold_fraction < 1")
+        if schedule == "switch" and not hold_fraction > 0.0:
+            raise SmoothingSettingError(f"hold_fraction={hold_fraction}: schedule=switch needs 0 < hold_fraction < 1 "
+                                        f"(the fraction of optimizer steps at eps_start)")
         if int(num_steps) < 1:
             raise SmoothingSettingError(f"num_steps={num_steps}: allowed is an integer >= 1")
         self.schedule, self.hold_fraction, self.num_steps = schedule, float(hold_fraction), int(num_steps)
@@ -488,3 +511,146 @@ class SelfDistillation(SmoothingPolicy):
         self._store(index, logits.float().softmax(dim=-1))
         return SmoothingTarget(eps, previous)
 
+
+
+
+class ALASCASmoothing(SmoothingPolicy):
+    """Adaptive label smoothing of ALASCA (Ko et al., AAAI 2023, "A Gift from Label Smoothing: Robust Training with
+    Adaptive Label Smoothing via Auxiliary Classifier under Label Noise").
+
+    A sample whose label the model has long disbelieved is likely mislabelled, so its label gets less weight::
+
+        m_i ← w·m_i + (1 − w)·z_i           z_i: the sample's logits this step; m_i starts at 0
+        α_i = softmax(m_i / T)[y_i]          T < 1 sharpens
+        ε_i = r·(1 − α_i),  r = min(1, epoch / warmup_epochs),  q_i = uniform over the K − 1 classes other than y_i
+
+    so target_i puts 1 − ε_i = r·α_i + (1 − r) on y_i and ε_i/(K − 1) on every other class: the target of the
+    authors' ``losses/ALASCA.py`` (their ``NLLLoss`` with the ramped ``alpha``). Defaults are theirs for CIFAR:
+    ``ema=0.7`` (``--w2``), ``temperature=0.333`` (``--w3``), 30 ramp epochs (of 120; hard-coded ``warmup_epoch``).
+
+    Where this differs from the authors' code:
+
+    - No auxiliary classifiers. ALASCA trains heads on intermediate features with this target (weight ``--w1`` = 2)
+      and the main head with the base loss; those heads are an architectural regulariser, not label smoothing, so
+      here the target trains the model's one classifier, whose logits also feed the EMA (as the main head's do).
+    - The EMA ``m`` [N, K] is a buffer: checkpointed and restored on resume (the authors' restarts from zero), and
+      under DDP every process writes all processes' updates (:meth:`SmoothingPolicy._gather`).
+    """
+
+    name = "alasca"
+    per_sample = True
+
+    def __init__(self, ema: float = 0.7, temperature: float = 0.333, warmup_epochs: int = 30):
+        super().__init__()
+        if not 0.0 <= float(ema) < 1.0:
+            raise SmoothingSettingError(f"ema={ema}: allowed is 0 <= ema < 1 (the weight of the old logits; "
+                                        f"the authors use 0.7)")
+        if not float(temperature) > 0.0:
+            raise SmoothingSettingError(f"temperature={temperature}: allowed is temperature > 0 (< 1 sharpens; "
+                                        f"the authors use 0.333)")
+        if isinstance(warmup_epochs, bool) or int(warmup_epochs) != warmup_epochs or warmup_epochs < 0:
+            raise SmoothingSettingError(f"warmup_epochs={warmup_epochs}: allowed is an integer >= 0 "
+                                        f"(epochs over which ε ramps up from 0)")
+        self.ema, self.temperature, self.warmup_epochs = float(ema), float(temperature), int(warmup_epochs)
+        self.register_buffer("logit_ema", torch.empty(0, 0))  # m, [N, K]; sized in setup()
+
+    def setup(self, num_samples: int, num_classes: int) -> None:
+        if self.logit_ema.shape != (num_samples, num_classes):
+            self.logit_ema = torch.zeros(num_samples, num_classes, device=self.logit_ema.device)
+
+    def ramp(self, epoch: int) -> float:
+        """r = min(1, epoch / warmup_epochs): 0 in the first epoch (plain CE), 1 from ``warmup_epochs`` on."""
+        return 1.0 if self.warmup_epochs == 0 else min(1.0, epoch / self.warmup_epochs)
+
+    def _update(self, index: Tensor, logits: Tensor) -> Tensor:
+        """m_i ← w·m_i + (1 − w)·z_i for the batch (every process's samples under DDP); the batch's new rows."""
+        new = self.ema * self.logit_ema[index] + (1.0 - self.ema) * logits
+        all_index, all_new = self._gather(index, new)
+        self.logit_ema[all_index] = all_new
+        return new
+
+    def forward(self, logits, targets, index, progress):
+        if self.logit_ema.numel() == 0:
+            raise RuntimeError("ALASCASmoothing needs setup(num_samples, num_classes) before training")
+        targets = targets.long()
+        m = self._update(index, logits.float())
+        alpha = (m / self.temperature).softmax(dim=-1).gather(1, targets.unsqueeze(1)).squeeze(1)
+        others = 1.0 - F.one_hot(targets, m.shape[1]).to(m.dtype)
+        return SmoothingTarget(self.ramp(progress.epoch) * (1.0 - alpha), others / (m.shape[1] - 1))
+
+
+
+class SelfAdaptiveTraining(SmoothingPolicy):
+    """Self-Adaptive Training (SAT; Huang et al., NeurIPS 2020): the target is the model's own moving-average
+    prediction, started at the given label, so labels the model keeps contradicting are gradually replaced.
+
+    After ``warmup_epochs`` of plain CE, each step updates, for the samples of the batch::
+
+        t_i ← m·t_i + (1 − m)·p_i          p_i = softmax(z_i), t_i starts at onehot(y_i)
+
+    and trains on CE(p_i, t_i), as the authors' ``losses/loss.py`` (``SelfAdaptiveTrainingCE``) does. t_i is a
+    distribution (a convex mix of onehot(y_i) and softmaxes), so it is the package's target with
+
+        ε_i = 1 − t_i[y_i],   q_i = (t_i − t_i[y_i]·onehot(y_i)) / ε_i
+
+    since t_i − t_i[y_i]·onehot(y_i) is ≥ 0 with sum 1 − t_i[y_i] = ε_i, so q_i is a distribution (q_i[y_i] = 0) and
+    (1 − ε_i)·onehot(y_i) + ε_i·q_i = t_i[y_i]·onehot(y_i) + (t_i − t_i[y_i]·onehot(y_i)) = t_i. When ε_i = 0,
+    t_i = onehot(y_i) and q_i does not matter (uniform here).
+
+    ``sample_weighting`` (the paper's and the authors' code's, always on there): w_i = max_k t_i[k], the batch's
+    loss Σ w_i·loss_i / Σ w_i, so samples whose target is still ambiguous count less (returned as
+    ``SmoothingTarget.weight``; the warm-up is unweighted). Defaults are the authors' CIFAR scripts: momentum 0.9
+    (``--sat-alpha``), 60 warm-up epochs of 200 (``--sat-es``).
+
+    Where this differs from the authors' code: ``t`` [N, K] and ``seen`` [N] are buffers set lazily (a sample not
+    yet seen reads as onehot(y_i), which is the authors' initial value, since a sample's given label does not
+    change), so the policy needs no labels up front; they are checkpointed (the authors' restarts from the labels)
+    and under DDP every process writes all processes' updates. Under DDP the weights are normalised over each
+    process's batch.
+    """
+
+    name = "self_adaptive"
+    per_sample = True
+
+    def __init__(self, momentum: float = 0.9, warmup_epochs: int = 60, sample_weighting: bool = True):
+        super().__init__()
+        if not 0.0 <= float(momentum) < 1.0:
+            raise SmoothingSettingError(f"momentum={momentum}: allowed is 0 <= momentum < 1 (the weight of the old "
+                                        f"target; the authors use 0.9)")
+        if isinstance(warmup_epochs, bool) or int(warmup_epochs) != warmup_epochs or warmup_epochs < 0:
+            raise SmoothingSettingError(f"warmup_epochs={warmup_epochs}: allowed is an integer >= 0 "
+                                        f"(epochs of plain CE before the targets adapt; the authors use 60 of 200)")
+        if not isinstance(sample_weighting, bool):
+            raise SmoothingSettingError(f"sample_weighting={sample_weighting!r}: allowed are true, false")
+        self.momentum, self.warmup_epochs, self.sample_weighting = float(momentum), int(warmup_epochs), sample_weighting
+        self.register_buffer("soft_labels", torch.empty(0, 0))  # t, [N, K]; sized in setup()
+        self.register_buffer("seen", torch.empty(0, dtype=torch.bool))
+
+    def setup(self, num_samples: int, num_classes: int) -> None:
+        if self.soft_labels.shape != (num_samples, num_classes):
+            self.soft_labels = torch.zeros(num_samples, num_classes, device=self.soft_labels.device)
+            self.seen = torch.zeros(num_samples, dtype=torch.bool, device=self.soft_labels.device)
+
+    def _update(self, index: Tensor, onehot: Tensor, probs: Tensor) -> Tensor:
+        """t_i ← m·t_i + (1 − m)·p_i for the batch (every process's samples under DDP); the batch's new rows."""
+        old = torch.where(self.seen[index].unsqueeze(1), self.soft_labels[index], onehot)
+        new = self.momentum * old + (1.0 - self.momentum) * probs
+        all_index, all_new = self._gather(index, new)
+        self.soft_labels[all_index] = all_new
+        self.seen[all_index] = True
+        return new
+
+    def forward(self, logits, targets, index, progress):
+        if self.soft_labels.numel() == 0:
+            raise RuntimeError("SelfAdaptiveTraining needs setup(num_samples, num_classes) before training")
+        if progress.epoch < self.warmup_epochs:
+            return SmoothingTarget(torch.zeros(logits.shape[0], device=logits.device))
+        targets = targets.long()
+        onehot = F.one_hot(targets, logits.shape[1]).float()
+        t = self._update(index, onehot, logits.float().softmax(dim=-1))
+        rest = t * (1.0 - onehot)  # t without the label's share: sums to ε
+        mass = rest.sum(dim=1, keepdim=True)
+        q = torch.where(mass > 0, rest / mass.clamp_min(1e-30), torch.full_like(rest, 1.0 / rest.shape[1]))
+        eps = (1.0 - t.gather(1, targets.unsqueeze(1)).squeeze(1)).clamp(0.0, 1.0)
+        weight = t.max(dim=1).values if self.sample_weighting else None
+        return SmoothingTarget(eps, q, weight)

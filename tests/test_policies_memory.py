@@ -14,10 +14,12 @@ from adaptive_ls.module import LabelSmoothingClassifier
 from adaptive_ls.noise import SymmetricNoise
 from adaptive_ls.smoothing import (
     EPS_NEGATIVE_BOUND,
+    ALASCASmoothing,
     AdaptiveSmoothing,
     FixedSmoothing,
     OnlineSmoothing,
     Progress,
+    SelfAdaptiveTraining,
     SelfDistillation,
     smoothed_cross_entropy,
 )
@@ -192,9 +194,11 @@ MEMORY_POLICIES = {
     "online": lambda: OnlineSmoothing(alpha=0.5),
     "self_distill": lambda: SelfDistillation(alpha_T=0.8),
     "adaptive_ema": lambda: AdaptiveSmoothing(ema=0.9, warmup_epochs=0),
+    "alasca": lambda: ALASCASmoothing(warmup_epochs=1),
+    "self_adaptive": lambda: SelfAdaptiveTraining(warmup_epochs=1),  # targets adapt from epoch 1 on
 }
 STATE = {"online": ("soft", "sums", "counts"), "self_distill": ("predictions", "seen"),
-         "adaptive_ema": ("memory", "seen")}
+         "adaptive_ema": ("memory", "seen"), "alasca": ("logit_ema",), "self_adaptive": ("soft_labels", "seen")}
 
 
 class StopAfter(pl.Callback):
@@ -241,7 +245,7 @@ def test_policy_state_dict_loads_into_fresh_module(name):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", ["online", "self_distill"])
+@pytest.mark.parametrize("name", ["online", "self_distill", "alasca", "self_adaptive"])
 def test_resume_from_lightning_checkpoint_matches_uninterrupted_run(name, tmp_path):
     """A 3-epoch run interrupted after 2 and resumed from last.ckpt ends with the memory of an uninterrupted run.
 

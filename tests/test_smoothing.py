@@ -179,6 +179,9 @@ SCHEDULE_CASES = [
     ("exponential", {"hold_fraction": 0.5}, 0.4, 0.004, [(0.3, 0.4), (0.75, 0.04), (1.0, 0.004)]),
     ("step", {"hold_fraction": 0.5, "num_steps": 2}, 0.4, 0.0, [(0.5, 0.4), (0.66, 0.4), (0.7, 0.2), (0.9, 0.0),
                                                                  (1.0, 0.0)]),
+    # CE then NLS: eps_start before hold_fraction, eps_end from it on (the step at exactly 0.5 is the first NLS one)
+    ("switch", {"hold_fraction": 0.5}, 0.0, -0.4, [(0.0, 0.0), (0.499, 0.0), (0.5, -0.4), (0.75, -0.4), (1.0, -0.4)]),
+    ("switch", {"hold_fraction": 0.25}, 0.3, 0.1, [(0.2, 0.3), (0.25, 0.1), (1.0, 0.1)]),
 ]
 
 
@@ -213,8 +216,10 @@ def test_annealed_policy_follows_optimizer_steps_not_epochs(batch):
 
 
 def test_annealed_argument_errors_name_the_key():
-    with pytest.raises(ValueError, match=r"^schedule='poly'.*linear, cosine, exponential, step"):
+    with pytest.raises(ValueError, match=r"^schedule='poly'.*linear, cosine, exponential, step, switch"):
         AnnealedSmoothing(schedule="poly")
+    with pytest.raises(ValueError, match=r"^hold_fraction=0\.0: schedule=switch needs 0 < hold_fraction < 1"):
+        AnnealedSmoothing(schedule="switch", hold_fraction=0.0)
     with pytest.raises(ValueError, match=r"^eps_start=1\.0"):
         AnnealedSmoothing(eps_start=1.0)
     with pytest.raises(ValueError, match=r"^eps_end=-2\.0"):
