@@ -25,6 +25,7 @@ Conventions:
 from __future__ import annotations
 
 import math
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -316,25 +317,32 @@ def fit_temperature(logits: Tensor, targets: Tensor, max_iter: int = 100) -> flo
     Works inside ``torch.no_grad()``/``torch.inference_mode()`` (e.g. Lightning eval hooks).
     """
     _check_scores_targets(logits, targets)
-    if isinstance(max_iter, bool) or not isinstance(max_iter, int) or max_iter < 1:
-        raise ValueError(f"max_iter must be a positive int, got {max_iter!r}.")
     with torch.inference_mode(False), torch.enable_grad():
         # clone outside inference mode: inference tensors cannot be saved for backward.
         z = logits.detach().float().clone()
         y = targets.detach().long().clone()
-        log_t = torch.zeros((), device=z.device, dtype=torch.float32, requires_grad=True)
-        opt = torch.optim.LBFGS([log_t], lr=1.0, max_iter=max_iter, line_search_fn="strong_wolfe")
+        return _fit_log_temperature(lambda log_t: F.cross_entropy(z * torch.exp(-log_t), y), z.device, torch.float32,
+                                    max_iter, "temperature")
 
-        def closure() -> Tensor:
-            opt.zero_grad()
-            loss = F.cross_entropy(z * torch.exp(-log_t.clamp(-_LOG_T_BOUND, _LOG_T_BOUND)), y)
-            loss.backward()
-            return loss
 
-        opt.step(closure)
-        log_t_value = float(log_t.detach().clamp(-_LOG_T_BOUND, _LOG_T_BOUND))
+def _fit_log_temperature(loss_at: Callable[[Tensor], Tensor], device, dtype: torch.dtype, max_iter: int,
+                         what: str) -> float:
+    """T = exp(log T) minimising ``loss_at(log T)`` by L-BFGS from T = 1, log T bounded to ±_LOG_T_BOUND."""
+    if isinstance(max_iter, bool) or not isinstance(max_iter, int) or max_iter < 1:
+        raise ValueError(f"max_iter must be a positive int, got {max_iter!r}.")
+    log_t = torch.zeros((), device=device, dtype=dtype, requires_grad=True)
+    opt = torch.optim.LBFGS([log_t], lr=1.0, max_iter=max_iter, line_search_fn="strong_wolfe")
+
+    def closure() -> Tensor:
+        opt.zero_grad()
+        loss = loss_at(log_t.clamp(-_LOG_T_BOUND, _LOG_T_BOUND))
+        loss.backward()
+        return loss
+
+    opt.step(closure)
+    log_t_value = float(log_t.detach().clamp(-_LOG_T_BOUND, _LOG_T_BOUND))
     if not math.isfinite(log_t_value):
-        raise RuntimeError("temperature fit diverged (non-finite log T); check logits for NaN/inf.")
+        raise RuntimeError(f"{what} fit diverged (non-finite log T); check logits for NaN/inf.")
     return math.exp(log_t_value)
 
 
@@ -377,7 +385,7 @@ def _noisy_label_nll(logits: Tensor, log_transition_to_targets: Tensor, log_t: T
     """Mean -log (softmax(logits / T) @ transition)[noisy target], as a log-sum-exp over the true class so that
     confident logits (a softmax that underflows) keep a finite loss; ``log_transition_to_targets[n, i]`` is
     ``log transition[i, target_n]``."""
-    log_probs = F.log_softmax(logits * torch.exp(-log_t.clamp(-_LOG_T_BOUND, _LOG_T_BOUND)), dim=1)
+    log_probs = F.log_softmax(logits * torch.exp(-log_t), dim=1)
     return -torch.logsumexp(log_probs + log_transition_to_targets, dim=1).mean()
 
 
@@ -390,8 +398,6 @@ def fit_noise_aware_temperature(logits: Tensor, noisy_targets: Tensor, transitio
     (L-BFGS on log T, T bounded to about [1e-3, 1e3]), in float64; with the identity matrix it is that fit.
     """
     _check_scores_targets(logits, noisy_targets)
-    if isinstance(max_iter, bool) or not isinstance(max_iter, int) or max_iter < 1:
-        raise ValueError(f"max_iter must be a positive int, got {max_iter!r}.")
     with torch.inference_mode(False), torch.enable_grad():
         z = logits.detach().to(torch.float64).clone()
         y = noisy_targets.detach().long().clone()
@@ -401,20 +407,8 @@ def fit_noise_aware_temperature(logits: Tensor, noisy_targets: Tensor, transitio
             raise ValueError("a target class has an all-zero transition column: no true class can be noised into "
                              "it, so its likelihood is 0 at every temperature.")
         log_transition_to_targets = matrix.log().T[y]  # [N, K]; log 0 = -inf drops impossible true classes
-        log_t = torch.zeros((), device=z.device, dtype=torch.float64, requires_grad=True)
-        opt = torch.optim.LBFGS([log_t], lr=1.0, max_iter=max_iter, line_search_fn="strong_wolfe")
-
-        def closure() -> Tensor:
-            opt.zero_grad()
-            loss = _noisy_label_nll(z, log_transition_to_targets, log_t)
-            loss.backward()
-            return loss
-
-        opt.step(closure)
-        log_t_value = float(log_t.detach().clamp(-_LOG_T_BOUND, _LOG_T_BOUND))
-    if not math.isfinite(log_t_value):
-        raise RuntimeError("noise-aware temperature fit diverged (non-finite log T); check logits for NaN/inf.")
-    return math.exp(log_t_value)
+        return _fit_log_temperature(lambda log_t: _noisy_label_nll(z, log_transition_to_targets, log_t), z.device,
+                                    torch.float64, max_iter, "noise-aware temperature")
 
 
 def noise_aware_temperature_scaled_metrics(

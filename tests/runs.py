@@ -123,6 +123,21 @@ def entry_point(*overrides: str, run_dir: Path, preset: tuple[str, ...] = TINY, 
 # ---------------------------------------------------------------------------------------------------------------------
 
 
+def sigkill_after_first_checkpoint(run_dir: Path, *overrides: str) -> subprocess.Popen:
+    """Start ``entry_point(*overrides)`` in ``run_dir`` and SIGKILL it (no chance to clean up) as soon as its first
+    ``last.ckpt`` exists; returns the finished process."""
+    import signal
+    import time
+
+    job = entry_point(*overrides, run_dir=run_dir, wait=False)
+    last, deadline = run_dir / "checkpoints" / "last.ckpt", time.time() + 240
+    while not last.exists() and job.poll() is None and time.time() < deadline:
+        time.sleep(0.02)
+    os.kill(job.pid, signal.SIGKILL)
+    job.wait()
+    return job
+
+
 class Crash(RuntimeError):
     """Stands for whatever stops a job: a node failure, a pre-emption, a kill."""
 

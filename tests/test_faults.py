@@ -3,9 +3,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import signal
-import time
 
 import hydra
 import numpy as np
@@ -15,7 +12,7 @@ import torch
 from adaptive_ls.config import ConfigError, OutputDirError
 from adaptive_ls.noise import label_hash
 from adaptive_ls.smoothing import AdaptiveSmoothing
-from tests.runs import TINY, Crash, compose, entry_point, run_in
+from tests.runs import TINY, Crash, compose, entry_point, run_in, sigkill_after_first_checkpoint
 
 # Per-sample memory (adaptive ε from an EMA of each sample's prediction), momentum, a per-step cosine schedule and
 # a best checkpoint: every piece of state a resumed run must get back.
@@ -78,12 +75,8 @@ def test_a_killed_job_continues_when_rerun_in_its_folder(tmp_path):
     """SIGKILL (no chance to clean up) once the first checkpoint exists, then the same job again in that folder."""
     settings = ("trainer.max_epochs=4", "smoothing=adaptive", "smoothing.ema=0.5")
     run_dir = tmp_path / "killed"
-    job = entry_point(*settings, run_dir=run_dir, wait=False)
-    last, deadline = run_dir / "checkpoints" / "last.ckpt", time.time() + 240
-    while not last.exists() and job.poll() is None and time.time() < deadline:
-        time.sleep(0.02)
-    os.kill(job.pid, signal.SIGKILL)
-    job.wait()
+    job = sigkill_after_first_checkpoint(run_dir, *settings)
+    last = run_dir / "checkpoints" / "last.ckpt"
     assert last.exists(), (run_dir.parent / "killed.log").read_text()[-2000:]
     assert json.loads((run_dir / "results.json").read_text())["status"] == "running"  # killed mid-run
 

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import socket
 import time
 
@@ -11,7 +10,7 @@ import pytest
 
 from adaptive_ls.errors import OutputDirError
 from adaptive_ls.run_lock import LOCK_FILE, run_lock
-from tests.runs import entry_point
+from tests.runs import entry_point, sigkill_after_first_checkpoint
 
 
 def test_a_held_folder_is_refused_naming_the_holder(tmp_path):
@@ -97,12 +96,7 @@ def test_a_job_of_a_sweep_in_a_held_folder_fails_alone(tmp_path):
 def test_the_lock_of_a_killed_job_is_taken_over(tmp_path):
     settings = ("trainer.max_epochs=4",)
     run_dir = tmp_path / "killed"
-    job = entry_point(*settings, run_dir=run_dir, wait=False)
-    last, deadline = run_dir / "checkpoints" / "last.ckpt", time.time() + 240
-    while not last.exists() and job.poll() is None and time.time() < deadline:
-        time.sleep(0.02)
-    os.kill(job.pid, signal.SIGKILL)
-    job.wait()
+    job = sigkill_after_first_checkpoint(run_dir, *settings)
     assert json.loads((run_dir / LOCK_FILE).read_text())["pid"] == job.pid  # its lock file is left as it was
 
     rerun = entry_point(*settings, run_dir=run_dir)
