@@ -3,8 +3,9 @@
 The data module owns the noise (a :class:`~adaptive_ls.noise.NoiseKind`, bound to the dataset's classes when the
 module is built): it corrupts the training labels once (``noise_seed``), carves the validation split from the *noisy*
 training set, keeps the clean test set untouched and exposes the clean labels and the ``is_noisy`` mask for
-diagnostics. ``index`` in every training batch is the sample's position in the full training set, so per-sample
-policies, ``noisy_labels.npy`` and label files (CIFAR-10N) all line up.
+diagnostics. ``index`` in every training batch is the sample's position in the training set, so per-sample
+policies, ``noisy_labels.npy`` and label files (CIFAR-10N) all line up. ``train_subset=n`` trains on a fixed
+class-balanced part of the training set (:func:`class_balanced_subset`); the training set is then that subset.
 
 Images stay uint8 until the last moment. The default loader (``loader="device"``) slices batches from tensors that
 live on the training device (GPU memory when training on a GPU); ``loader="dataloader"`` uses a torch DataLoader with
@@ -177,6 +178,26 @@ def _check_matches_data(key: str, given: Any, actual: int, what: str) -> None:
         raise ValueError(f"{key}={given} does not match the data, which has {has}: allowed is {actual} or null")
 
 
+def _check_train_subset(n: Any, num_classes: int) -> int:
+    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n <= 0 or n % num_classes:
+        raise ValueError(f"train_subset={n!r}: allowed is null (the full training set) or a positive multiple of "
+                         f"the {num_classes} classes (the subset takes the same number of images from each)")
+    return int(n)
+
+
+def class_balanced_subset(labels: np.ndarray, n: int, num_classes: int) -> np.ndarray:
+    """Positions of the first ``n / num_classes`` images of each class, in the data's own order (sorted).
+
+    Depends on the clean labels alone: the same images for every seed, noise setting and machine."""
+    labels = np.asarray(labels)
+    per_class = _check_train_subset(n, num_classes) // num_classes
+    counts = np.bincount(labels, minlength=num_classes)
+    if int(n) > labels.size or counts.min() < per_class:
+        raise ValueError(f"train_subset={n} is larger than the training set allows: it has {labels.size} images, "
+                         f"the smallest class {int(counts.min())}, and the subset takes {per_class} of each class")
+    return np.sort(np.concatenate([np.flatnonzero(labels == c)[:per_class] for c in range(num_classes)]))
+
+
 @runtime_checkable
 class KnownNoise(Protocol):
     """Training data whose true labels are known next to the noisy ones (synthetic noise, CIFAR-10N): what the noise
@@ -217,6 +238,7 @@ class NoisyLabelDataModule(pl.LightningDataModule):
         verify: bool = True,
         num_classes: Optional[int] = None,
         in_channels: Optional[int] = None,
+        train_subset: Optional[int] = None,
     ):
         super().__init__()
         if int(batch_size) <= 0:
@@ -233,6 +255,9 @@ class NoisyLabelDataModule(pl.LightningDataModule):
         self.batch_size, self.eval_batch_size, self.val_size = int(batch_size), int(eval_batch_size), int(val_size)
         self.clean_val, self.loader, self.num_workers = bool(clean_val), loader, int(num_workers)
         self.crop_padding, self.hflip = int(crop_padding), bool(hflip)
+        # The multiple is checked now, the size against the data in setup.
+        self.train_subset = None if train_subset is None else _check_train_subset(train_subset, self.num_classes)
+        self.subset_index: Optional[Tensor] = None  # positions of the subset in the full training set
         if noise is not None and not isinstance(noise, noise_lib.NoiseKind):
             raise TypeError(f"noise={noise!r}: allowed is a NoiseKind, e.g. adaptive_ls.noise.SymmetricNoise(rate=0.4) "
                             "(a config node needs its _target_), or None for clean labels")
@@ -258,6 +283,17 @@ class NoisyLabelDataModule(pl.LightningDataModule):
         if self._prepared:
             return
         train_x, train_y, test_x, test_y = self.load_arrays()
+        # A label file has one label per image of the full set: read there, then subset like the images. Synthetic
+        # noise sees the subset alone (its round(rate * n) flips are drawn for the subset's n labels).
+        from_file = isinstance(self.noise, noise_lib.LabelFileNoise)
+        if from_file:
+            noisy, is_noisy = self.noise.apply(train_y.numpy(), train_x, self.num_classes, self.noise_seed)
+        if self.train_subset is not None:
+            keep = class_balanced_subset(train_y.numpy(), self.train_subset, self.num_classes)
+            self.subset_index = torch.from_numpy(keep)
+            train_x, train_y = train_x[self.subset_index], train_y[self.subset_index]
+            if from_file:
+                noisy, is_noisy = noisy[keep], is_noisy[keep]
         n = train_y.shape[0]
         if self.val_size >= n:
             raise ValueError(f"val_size={self.val_size} must be smaller than the training set ({n} images)")
@@ -266,7 +302,8 @@ class NoisyLabelDataModule(pl.LightningDataModule):
                              f"class says image_channels={self.image_channels}")
         self.train_images, self.test_images = train_x.contiguous(), test_x.contiguous()
         self.clean_labels, self.test_labels = train_y.long(), test_y.long()
-        noisy, is_noisy = self.noise.apply(train_y.numpy(), train_x, self.num_classes, self.noise_seed)
+        if not from_file:
+            noisy, is_noisy = self.noise.apply(train_y.numpy(), train_x, self.num_classes, self.noise_seed)
         self.noisy_labels = torch.as_tensor(noisy, dtype=torch.long)
         self.is_noisy = torch.as_tensor(is_noisy, dtype=torch.bool)
         split = torch.randperm(n, generator=torch.Generator().manual_seed(self.noise_seed))
@@ -280,7 +317,8 @@ class NoisyLabelDataModule(pl.LightningDataModule):
 
     @property
     def num_train_total(self) -> int:
-        """Size of the full training set (train + validation); per-sample memories are this long."""
+        """Size of the training set (train + validation; the subset with ``train_subset``); per-sample memories are
+        this long."""
         return int(self.clean_labels.shape[0])
 
     @property

@@ -298,3 +298,90 @@ def test_data_configs_name_the_classes_and_channels_the_data_has(option):
     cfg = compose(f"data={option}", "noise=none")
     datamodule = hydra.utils.instantiate(cfg.data)  # constructing checks them; nothing is loaded
     assert (cfg.data.num_classes, cfg.data.in_channels) == (datamodule.num_classes, datamodule.in_channels)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# train_subset: a fixed class-balanced part of the training set
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def first_per_class(labels: np.ndarray, per_class: int) -> np.ndarray:
+    return np.sort(np.concatenate([np.flatnonzero(labels == c)[:per_class] for c in range(10)]))
+
+
+def test_train_subset_is_the_first_n_over_k_images_of_each_class(tiny_cifar10):
+    dm = cifar_module(tiny_cifar10, train_subset=50, val_size=10)
+    expected = first_per_class(tiny_cifar10.train_labels, 5)
+    np.testing.assert_array_equal(dm.subset_index.numpy(), expected)
+    np.testing.assert_array_equal(dm.train_images.numpy(), tiny_cifar10.train_images[expected])
+    np.testing.assert_array_equal(dm.clean_labels.numpy(), tiny_cifar10.train_labels[expected])
+    assert np.bincount(dm.clean_labels.numpy(), minlength=10).tolist() == [5] * 10
+    assert dm.num_train_total == 50 and len(dm.noisy_labels) == len(dm.is_noisy) == 50
+    np.testing.assert_array_equal(dm.test_labels.numpy(), tiny_cifar10.test_labels)  # the whole test set
+    assert cifar_module(tiny_cifar10).subset_index is None  # null: the full training set
+
+
+def test_train_subset_is_independent_of_seeds_and_noise(tiny_cifar10):
+    reference = cifar_module(tiny_cifar10, train_subset=50, val_size=10).subset_index
+    for kwargs in ({"seed": 3}, {"noise_seed": 7}, {"noise": NoNoise()}, {"noise": SymmetricNoise(0.6)}):
+        assert torch.equal(cifar_module(tiny_cifar10, train_subset=50, val_size=10, **kwargs).subset_index, reference)
+
+
+def test_noise_and_validation_split_are_drawn_on_the_subset(tiny_cifar10):
+    dm = cifar_module(tiny_cifar10, train_subset=50, val_size=10)
+    assert int(dm.is_noisy.sum()) == 20 and dm.realized_noise_rate == pytest.approx(0.4)  # round(0.4 * 50)
+    assert torch.equal(dm.is_noisy, dm.noisy_labels != dm.clean_labels)
+    assert len(dm.val_index) == 10 and len(dm.train_index) == 40
+    assert sorted(torch.cat([dm.val_index, dm.train_index]).tolist()) == list(range(50))
+    _, _, index = one_epoch(dm.train_dataloader())
+    assert int(index.max()) < 50  # batch indices address the subset's tensors
+    again = cifar_module(tiny_cifar10, train_subset=50, val_size=10)
+    assert torch.equal(again.noisy_labels, dm.noisy_labels) and torch.equal(again.val_index, dm.val_index)
+
+
+def test_a_label_file_has_one_label_per_full_set_image_and_is_subset_the_same_way(tiny_cifar10, tmp_path):
+    from adaptive_ls.noise import LabelFileNoise
+
+    given = (tiny_cifar10.train_labels + 1) % 10
+    given[::3] = tiny_cifar10.train_labels[::3]
+    np.save(tmp_path / "labels.npy", given)
+    dm = cifar_module(tiny_cifar10, train_subset=50, val_size=10, noise=LabelFileNoise(tmp_path / "labels.npy"))
+    keep = first_per_class(tiny_cifar10.train_labels, 5)
+    np.testing.assert_array_equal(dm.noisy_labels.numpy(), given[keep])
+    np.testing.assert_array_equal(dm.is_noisy.numpy(), given[keep] != tiny_cifar10.train_labels[keep])
+    np.save(tmp_path / "subset_labels.npy", given[keep])  # one label per subset image: not accepted
+    with pytest.raises(NoiseSettingError, match=r"has 50 labels, expected num_samples=100"):
+        cifar_module(tiny_cifar10, train_subset=50, val_size=10, noise=LabelFileNoise(tmp_path / "subset_labels.npy"))
+
+
+@pytest.mark.parametrize("value", [55, 0, -10, True, 2.5, "50"])
+def test_train_subset_not_a_multiple_of_the_classes_fails_at_construction(tmp_path, value):
+    with pytest.raises(ValueError, match=r"^train_subset=.*multiple of the 10 classes"):
+        CIFAR10DataModule(root=str(tmp_path), train_subset=value)
+
+
+@pytest.mark.parametrize("value", [110, 200])
+def test_train_subset_larger_than_the_training_set_names_the_key(tiny_cifar10, value):
+    dm = CIFAR10DataModule(root=str(tiny_cifar10.root), verify=False, val_size=10, train_subset=value)
+    with pytest.raises(ValueError, match=rf"^train_subset={value} is larger than the training set allows: it has 100"):
+        with pytest.warns(UserWarning):
+            dm.setup("fit")
+
+
+def test_val_size_is_checked_against_the_subset(tiny_cifar10):
+    dm = CIFAR10DataModule(root=str(tiny_cifar10.root), verify=False, val_size=50, train_subset=50)
+    with pytest.raises(ValueError, match=r"^val_size=50 must be smaller than the training set \(50"):
+        with pytest.warns(UserWarning):
+            dm.setup("fit")
+
+
+@pytest.mark.parametrize("option", ["digits", "cifar10", "image_folder"])
+def test_data_configs_default_to_the_full_training_set(option):
+    assert compose(f"data={option}").data.train_subset is None
+
+
+def test_cifar10_cpu_experiment_uses_a_balanced_subset():
+    cfg = compose("experiment=cifar10_cpu", hydra=True)
+    assert (cfg.data.train_subset, cfg.data.val_size, cfg.data.crop_padding, cfg.data.hflip) == (10000, 1000, 0, False)
+    assert list(cfg.model.widths) == [32, 64, 128] and cfg.trainer.precision == "bf16-mixed"
+    assert cfg.hydra.sweeper.params.smoothing == "none,fixed,annealed,adaptive,alasca,self_adaptive"
