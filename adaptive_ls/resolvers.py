@@ -6,6 +6,8 @@ that supports bfloat16 (Ampere and later), else ``32-true``: the same config is 
 ``${class_folders:${.root}/${.train_dir}}`` and ``${image_channels:${.grayscale}}`` (conf/data/image_folder.yaml)
 give an ImageFolder tree's ``num_classes`` and ``in_channels``, which the model is built from.
 ``${choice:smoothing}`` is what a job calls its policy (:func:`adaptive_ls.config.choice_name`).
+``${epoch_fraction:0.3,${trainer.max_epochs}}`` is the epoch at 30% of training: a warm-up given by its authors as
+"60 of 200 epochs" keeps its share of a shorter schedule.
 """
 from __future__ import annotations
 
@@ -38,6 +40,13 @@ def image_channels(grayscale: bool) -> int:
     return 1 if grayscale else 3
 
 
+def epoch_fraction(fraction: float, max_epochs: int) -> int:
+    """round(fraction · max_epochs): an epoch count that scales with the schedule's length."""
+    if not 0.0 <= float(fraction) <= 1.0:
+        raise ValueError(f"epoch_fraction: fraction={fraction}: allowed is 0 <= fraction <= 1")
+    return int(round(float(fraction) * int(max_epochs)))
+
+
 def job_choice(group: str, *, _root_) -> str:
     """What the job calls its ``group``: :func:`adaptive_ls.config.choice_name` of the whole config."""
     from adaptive_ls.config import choice_name  # on use: the config layer loads Lightning
@@ -55,5 +64,7 @@ def register_resolvers() -> None:
         OmegaConf.register_new_resolver("class_folders", class_folders)
     if not OmegaConf.has_resolver("image_channels"):  # image_folder: in_channels
         OmegaConf.register_new_resolver("image_channels", image_channels)
+    if not OmegaConf.has_resolver("epoch_fraction"):  # smoothing/{alasca,self_adaptive}.yaml: warm-up epochs
+        OmegaConf.register_new_resolver("epoch_fraction", epoch_fraction)
     if not OmegaConf.has_resolver("choice"):  # logger/wandb.yaml: the W&B run's name and tags
         OmegaConf.register_new_resolver("choice", job_choice)

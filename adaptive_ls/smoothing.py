@@ -323,6 +323,11 @@ class AdaptiveSmoothing(SmoothingPolicy):
     For ``warmup_epochs`` the predictions are not trusted yet and ε = ``warmup_eps`` for every sample. With
     ``ema > 0`` the signal is computed from an exponential moving average of each sample's predicted distribution
     across epochs (a [N, K] buffer keyed by sample index, so it is checkpointed and stays on the device).
+
+    ``freeze_fraction < 1`` stops updating that memory once this fraction of training is done: the signal then keeps
+    what the model believed in its early-learning phase. Without it, 1 − p[y] falls as a wrong label is memorised, so
+    ε falls exactly when it should resist (early-learning regularisation, Liu et al., NeurIPS 2020, anchors its
+    targets the same way). With ``ema = 0`` the frozen memory is each sample's last prediction before the freeze.
     """
 
     name = "adaptive"
@@ -336,6 +341,7 @@ class AdaptiveSmoothing(SmoothingPolicy):
         warmup_epochs: int = 1,
         warmup_eps: float = 0.1,
         ema: float = 0.0,
+        freeze_fraction: float = 1.0,
     ):
         super().__init__()
         self.eps_min = _check_eps_value(eps_min, "eps_min")
@@ -348,24 +354,37 @@ class AdaptiveSmoothing(SmoothingPolicy):
             raise SmoothingSettingError(f"warmup_epochs={warmup_epochs}: allowed is an integer >= 0")
         if not 0.0 <= ema < 1.0:
             raise SmoothingSettingError(f"ema={ema}: allowed is 0 <= ema < 1 (0 turns the moving average off)")
+        if not 0.0 < freeze_fraction <= 1.0:
+            raise SmoothingSettingError(f"freeze_fraction={freeze_fraction}: allowed is 0 < freeze_fraction <= 1 "
+                                        f"(1 never freezes the memory)")
         self.signal, self.warmup_epochs, self.ema = signal, int(warmup_epochs), float(ema)
+        self.freeze_fraction = float(freeze_fraction)
         self.warmup_eps = _check_eps_value(warmup_eps, "warmup_eps")
         # Each sample's moving-average prediction and whether it has been seen; sized in setup().
         self.register_buffer("memory", torch.empty(0, 0))
         self.register_buffer("seen", torch.empty(0, dtype=torch.bool))
 
+    @property
+    def remembers(self) -> bool:
+        """Whether the signal comes from a per-sample memory rather than the current prediction alone."""
+        return self.ema > 0 or self.freeze_fraction < 1
+
     def setup(self, num_samples: int, num_classes: int) -> None:
-        if self.ema > 0 and self.memory.shape != (num_samples, num_classes):
+        if self.remembers and self.memory.shape != (num_samples, num_classes):
             self.memory = torch.zeros(num_samples, num_classes, device=self.memory.device)
             self.seen = torch.zeros(num_samples, dtype=torch.bool, device=self.memory.device)
 
-    def _smoothed_probs(self, probs: Tensor, index: Tensor) -> Tensor:
-        if self.ema == 0:
+    def _smoothed_probs(self, probs: Tensor, index: Tensor, progress: Progress) -> Tensor:
+        if not self.remembers:
             return probs
         if self.memory.numel() == 0:
-            raise RuntimeError("AdaptiveSmoothing with ema > 0 needs setup(num_samples, num_classes) before training")
+            raise RuntimeError("AdaptiveSmoothing with ema > 0 or freeze_fraction < 1 needs "
+                               "setup(num_samples, num_classes) before training")
         old = self.memory[index]
         seen = self.seen[index].unsqueeze(1)
+        if progress.fraction >= self.freeze_fraction:
+            # Frozen: the early-learning belief; a sample never seen before the freeze uses its current prediction.
+            return torch.where(seen, old, probs)
         new = torch.where(seen, self.ema * old + (1.0 - self.ema) * probs, probs)
         all_index, all_new = self._gather(index, new)  # every process's samples, so the memories stay equal
         self.memory[all_index] = all_new
@@ -373,7 +392,7 @@ class AdaptiveSmoothing(SmoothingPolicy):
         return new
 
     def forward(self, logits, targets, index, progress):
-        probs = self._smoothed_probs(logits.float().softmax(dim=-1), index)
+        probs = self._smoothed_probs(logits.float().softmax(dim=-1), index, progress)
         if progress.epoch < self.warmup_epochs:
             return SmoothingTarget(torch.full_like(probs[:, 0], self.warmup_eps))
         score = confidence_signal(probs, targets, self.signal)
