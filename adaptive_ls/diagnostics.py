@@ -13,6 +13,9 @@ logs per epoch, over the *training* split (``diag/`` in W&B, the CSV log and ``r
 * ``diag/eps_auroc``: the AUROC of the per-sample ε as a detector of the corrupted samples, the one number that
   says whether a policy tells wrong labels from right ones: 0.5 is blind, 1.0 smooths every corrupted sample more
   than every clean one. A batch-wide ε (``none``, ``fixed``, ``annealed``) tells no sample apart and reads 0.5.
+* ``diag/signal_auroc``: the same AUROC for the policy's raw signal (``SmoothingTarget.signal``: e.g. 1 − p[y] of
+  the current prediction), where it has one. It reads high while the model can still tell the wrong labels and
+  falls as it memorises them; ε's AUROC staying above it is what a memory buys.
 
 Where the predictions come from (``mode``):
 
@@ -131,6 +134,8 @@ class NoiseDiagnostics(PeriodicMetrics):
         self._pred: Optional[Tensor] = None
         self._eps: Optional[Tensor] = None
         self._eps_auroc: Optional[BinaryAUROC] = None
+        self._signal_auroc: Optional[BinaryAUROC] = None
+        self._signal_seen = False  # whether this epoch's steps returned a signal (a Python flag: no host sync)
         self._this_epoch = False
 
     metric_prefix = "diag/"
@@ -152,6 +157,7 @@ class NoiseDiagnostics(PeriodicMetrics):
         self._masks = (datamodule.is_noisy.to(device), datamodule.clean_labels.to(device),
                        datamodule.noisy_labels.to(device))
         self._eps_auroc = noise_detector().to(device)
+        self._signal_auroc = noise_detector().to(device)
 
     def _logging_epoch(self, trainer) -> bool:
         epoch, max_epochs = trainer.current_epoch, trainer.max_epochs or -1
@@ -163,6 +169,8 @@ class NoiseDiagnostics(PeriodicMetrics):
             self._pred = torch.zeros(len(PRED_FIELDS), device=pl_module.device)
             self._eps = torch.zeros(len(EPS_FIELDS), device=pl_module.device)
             self._eps_auroc.reset()
+            self._signal_auroc.reset()
+            self._signal_seen = False
 
     def on_train_batch_end(self, trainer, pl_module, outputs: Optional["TrainingStepOutput"], batch,
                            batch_idx: int) -> None:
@@ -173,6 +181,9 @@ class NoiseDiagnostics(PeriodicMetrics):
         self._eps += eps_sums(outputs["eps"], index, is_noisy)
         corrupted = is_noisy[index]
         self._eps_auroc.update(detection_scores(outputs["eps"], corrupted), corrupted.to(torch.int))
+        if outputs.get("signal") is not None:
+            self._signal_auroc.update(outputs["signal"], corrupted.to(torch.int))
+            self._signal_seen = True
         if self.mode == "train_outputs":
             self._pred += prediction_counts(outputs["logits"].argmax(dim=-1), index, is_noisy, clean, noisy)
 
@@ -187,6 +198,9 @@ class NoiseDiagnostics(PeriodicMetrics):
         values = summarize(pred, eps)
         values["diag/eps_auroc"] = self._eps_auroc.compute()
         self._eps_auroc.reset()
+        if self._signal_seen:
+            values["diag/signal_auroc"] = self._signal_auroc.compute()
+            self._signal_auroc.reset()
         for name, value in values.items():
             pl_module.log(name, value, on_step=False, on_epoch=True)
         self.last_logged_epoch = trainer.current_epoch

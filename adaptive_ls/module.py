@@ -60,6 +60,7 @@ class TrainingStepOutput(TypedDict):
     eps: Tensor  # the ε the policy used: per sample [B], or a scalar
     index: Tensor  # the samples' positions in the training set [B]
     logits: Tensor  # [B, K]
+    signal: Optional[Tensor]  # the policy's raw per-sample score [B], or None (SmoothingTarget.signal)
 
 
 def parameter_groups(module: nn.Module, optimizer_factory: Callable, norm_bias_lr_scale: float) -> list[dict]:
@@ -216,7 +217,9 @@ class LabelSmoothingClassifier(pl.LightningModule):
             self.eps_max.update(eps)
         if not self._train_metrics_logged:  # the first step of this epoch (also when a run resumed mid-epoch)
             self._log_epoch_metrics()
-        return TrainingStepOutput(loss=target.batch_loss(loss_per_sample), eps=eps, index=index, logits=logits.detach())
+        signal = None if target.signal is None else target.signal.detach().float()
+        return TrainingStepOutput(loss=target.batch_loss(loss_per_sample), eps=eps, index=index, logits=logits.detach(),
+                                  signal=signal)
 
     def _log_epoch_metrics(self) -> None:
         """Hand the epoch's torchmetrics to Lightning once per epoch: it computes (and, under DDP, reduces) and resets

@@ -104,15 +104,20 @@ class Progress:
 @dataclass
 class SmoothingTarget:
     """What a policy returns for a batch: ε (float or [B] tensor), q (None = uniform, or [B, K]) and optionally a
-    per-sample loss weight [B] (None = the plain mean over the batch).
+    per-sample loss weight [B] (None = the plain mean over the batch) and ``signal``.
 
     A weight cannot be folded into (ε, q) without giving up ε as the label's share of the target, which the
     diagnostics report; so it is a field of its own, applied by :meth:`batch_loss`.
+
+    ``signal`` [B], where a policy has one: the raw per-sample score ε grows with (for a noise-aimed policy, larger =
+    label more likely wrong), before any memory, warm-up or ramp turns it into ε. It does not enter the loss; the
+    diagnostics report its AUROC next to ε's, which separates "the model can tell" from "the policy acts on it".
     """
 
     eps: Eps
     q: Optional[Tensor] = None
     weight: Optional[Tensor] = None
+    signal: Optional[Tensor] = None
 
     def batch_loss(self, loss_per_sample: Tensor) -> Tensor:
         """The batch's loss: the mean, or with ``weight`` the weighted mean Σ w_i·loss_i / Σ w_i."""
@@ -392,11 +397,13 @@ class AdaptiveSmoothing(SmoothingPolicy):
         return new
 
     def forward(self, logits, targets, index, progress):
-        probs = self._smoothed_probs(logits.float().softmax(dim=-1), index, progress)
+        current = logits.float().softmax(dim=-1)
+        signal = confidence_signal(current, targets, self.signal)
+        probs = self._smoothed_probs(current, index, progress)
         if progress.epoch < self.warmup_epochs:
-            return SmoothingTarget(torch.full_like(probs[:, 0], self.warmup_eps))
-        score = confidence_signal(probs, targets, self.signal)
-        return SmoothingTarget(self.eps_min + (self.eps_max - self.eps_min) * score)
+            return SmoothingTarget(torch.full_like(probs[:, 0], self.warmup_eps), signal=signal)
+        score = signal if probs is current else confidence_signal(probs, targets, self.signal)
+        return SmoothingTarget(self.eps_min + (self.eps_max - self.eps_min) * score, signal=signal)
 
 
 
@@ -595,7 +602,8 @@ class ALASCASmoothing(SmoothingPolicy):
         m = self._update(index, logits.float())
         alpha = (m / self.temperature).softmax(dim=-1).gather(1, targets.unsqueeze(1)).squeeze(1)
         others = 1.0 - F.one_hot(targets, m.shape[1]).to(m.dtype)
-        return SmoothingTarget(self.ramp(progress.epoch) * (1.0 - alpha), others / (m.shape[1] - 1))
+        return SmoothingTarget(self.ramp(progress.epoch) * (1.0 - alpha), others / (m.shape[1] - 1),
+                               signal=1.0 - alpha)
 
 
 
@@ -662,14 +670,16 @@ class SelfAdaptiveTraining(SmoothingPolicy):
     def forward(self, logits, targets, index, progress):
         if self.soft_labels.numel() == 0:
             raise RuntimeError("SelfAdaptiveTraining needs setup(num_samples, num_classes) before training")
-        if progress.epoch < self.warmup_epochs:
-            return SmoothingTarget(torch.zeros(logits.shape[0], device=logits.device))
         targets = targets.long()
+        probs = logits.float().softmax(dim=-1)
+        signal = 1.0 - probs.gather(1, targets.unsqueeze(1)).squeeze(1)  # 1 − p_i[y_i]: what t_i moves towards
+        if progress.epoch < self.warmup_epochs:
+            return SmoothingTarget(torch.zeros(logits.shape[0], device=logits.device), signal=signal)
         onehot = F.one_hot(targets, logits.shape[1]).float()
-        t = self._update(index, onehot, logits.float().softmax(dim=-1))
+        t = self._update(index, onehot, probs)
         rest = t * (1.0 - onehot)  # t without the label's share: sums to ε
         mass = rest.sum(dim=1, keepdim=True)
         q = torch.where(mass > 0, rest / mass.clamp_min(1e-30), torch.full_like(rest, 1.0 / rest.shape[1]))
         eps = (1.0 - t.gather(1, targets.unsqueeze(1)).squeeze(1)).clamp(0.0, 1.0)
         weight = t.max(dim=1).values if self.sample_weighting else None
-        return SmoothingTarget(eps, q, weight)
+        return SmoothingTarget(eps, q, weight, signal)

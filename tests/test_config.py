@@ -230,3 +230,18 @@ def test_the_module_yaml_and_the_constructor_agree_on_every_default():
                 if p.default is not inspect.Parameter.empty and name in options and not OmegaConf.is_interpolation(
                     options, name)}
     assert defaults and all(options[name] == value for name, value in defaults.items()), defaults
+
+
+@pytest.mark.parametrize("policy, share", [("self_adaptive", 0.3), ("alasca", 0.25)])
+def test_literature_warmups_keep_their_authors_share_of_the_schedule(policy, share):
+    """SAT's 60 of 200 and ALASCA's 30 of 120 warm-up epochs scale with trainer.max_epochs (a 30-epoch run would
+    otherwise never leave SAT's warm-up); an explicit override still wins."""
+    import hydra
+
+    for max_epochs, expected in ((200, round(share * 200)), (30, round(share * 30)), (1, round(share * 1))):
+        cfg = compose(*TINY, f"smoothing={policy}", f"trainer.max_epochs={max_epochs}")
+        assert cfg.smoothing.warmup_epochs == expected
+        assert hydra.utils.instantiate(cfg.smoothing).warmup_epochs == expected
+    assert compose(*TINY, f"smoothing={policy}", "smoothing.warmup_epochs=5").smoothing.warmup_epochs == 5
+    assert compose(*TINY, f"smoothing={policy}", "trainer.max_epochs=200").smoothing.warmup_epochs == \
+        {"self_adaptive": 60, "alasca": 50}[policy]

@@ -77,10 +77,11 @@ class Oracle(pl.LightningModule):
     """Predicts a fixed class per training sample and reports a fixed ε per sample: known diagnostics. Outside the
     training step (an eval pass) it predicts class 0."""
 
-    def __init__(self, predict: torch.Tensor, eps: torch.Tensor):
+    def __init__(self, predict: torch.Tensor, eps: torch.Tensor, signal: torch.Tensor | None = None):
         super().__init__()
         self.register_buffer("predict", predict)
         self.register_buffer("eps", eps)
+        self.register_buffer("signal", signal)
         self.weight = nn.Parameter(torch.zeros(1))
 
     def training_step(self, batch, batch_idx):
@@ -88,7 +89,8 @@ class Oracle(pl.LightningModule):
         logits = F.one_hot(self.predict[index], 10).float()
         loss = self.weight.sum() * 0.0
         self.log("train/loss", loss, on_step=False, on_epoch=True)  # so that every epoch has a history row
-        return {"loss": loss, "eps": self.eps[index], "index": index, "logits": logits}
+        signal = None if self.signal is None else self.signal[index]
+        return {"loss": loss, "eps": self.eps[index], "index": index, "logits": logits, "signal": signal}
 
     def forward(self, images):
         return torch.zeros(len(images), 10, device=images.device)
@@ -155,6 +157,26 @@ def test_eps_auroc_is_known_in_both_modes(mode):
     eps[clean_ones[:100]] = 0.3  # ties with every corrupted sample: each counts half
     trainer = fit(Oracle(datamodule.clean_labels, eps), datamodule, NoiseDiagnostics(mode=mode), max_epochs=2)
     assert float(trainer.callback_metrics["diag/eps_auroc"]) == pytest.approx(1 - 0.5 * 100 / len(clean_ones))
+
+
+@pytest.mark.parametrize("mode", ["train_outputs", "eval_pass"])
+def test_signal_auroc_is_that_of_the_policy_signal_not_of_eps(mode):
+    datamodule = noisy_digits()
+    train = datamodule.train_index
+    clean_ones = train[~datamodule.is_noisy[train]]
+    signal = torch.where(datamodule.is_noisy, 0.9, 0.2)
+    signal[clean_ones[:50]] = 1.0  # above every corrupted sample
+    eps = torch.full_like(signal, 0.1)  # a policy that does not act on what its signal knows
+    trainer = fit(Oracle(datamodule.clean_labels, eps, signal), datamodule, NoiseDiagnostics(mode=mode), max_epochs=1)
+    assert float(trainer.callback_metrics["diag/signal_auroc"]) == pytest.approx(1 - 50 / len(clean_ones))
+    assert float(trainer.callback_metrics["diag/eps_auroc"]) == 0.5
+
+
+def test_no_signal_auroc_without_a_signal():
+    datamodule = noisy_digits()
+    eps = torch.where(datamodule.is_noisy, 0.3, 0.1)
+    trainer = fit(Oracle(datamodule.clean_labels, eps), datamodule, NoiseDiagnostics(), max_epochs=1)
+    assert "diag/eps_auroc" in trainer.callback_metrics and "diag/signal_auroc" not in trainer.callback_metrics
 
 
 def test_eval_pass_matches_a_manual_pass_over_the_training_split():

@@ -56,6 +56,7 @@ def test_alasca_target_over_two_steps_by_hand():
     targets = torch.tensor([0, 1])
     target = policy(logits_of(p1), targets, torch.tensor([2, 0]), at_epoch(15))  # ramp r = 15/30 = 0.5
     torch.testing.assert_close(target.eps, torch.tensor([0.5 * 0.4, 0.5 * 0.5]))
+    torch.testing.assert_close(target.signal, torch.tensor([0.4, 0.5]))  # 1 − α, before the ramp
     torch.testing.assert_close(target.q, torch.tensor([[0.0, 0.5, 0.5], [0.5, 0.0, 0.5]]))
     torch.testing.assert_close(target_rows(target, targets, 3), torch.tensor([[0.8, 0.1, 0.1], [0.125, 0.75, 0.125]]))
     torch.testing.assert_close(policy.logit_ema[[2, 0]], 0.3 * logits_of(p1))
@@ -164,6 +165,7 @@ def test_self_adaptive_warmup_is_plain_ce_and_leaves_the_targets_alone():
     for epoch in (0, 1):
         target = policy(logits, targets, torch.tensor([0, 2]), at_epoch(epoch))
         assert target.q is None and target.weight is None and torch.all(target.eps == 0)
+        torch.testing.assert_close(target.signal, torch.tensor([0.8, 0.2]))  # 1 − p[y], known during warm-up too
     assert not policy.seen.any() and torch.all(policy.soft_labels == 0)
 
 

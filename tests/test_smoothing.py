@@ -323,6 +323,41 @@ def test_adaptive_ema_memory_is_updated_by_index():
     torch.testing.assert_close(eps2, (1 - 1e-6) * (1 - torch.stack([expected4[0], p2[1, 2]])))
 
 
+def test_adaptive_frozen_memory_keeps_the_belief_before_the_freeze():
+    policy = AdaptiveSmoothing(eps_min=0.0, eps_max=0.8, warmup_epochs=0, ema=0.5, freeze_fraction=0.5)
+    policy.setup(num_samples=4, num_classes=3)
+    targets, index = torch.tensor([0, 1]), torch.tensor([0, 2])
+    early = torch.tensor([[0.0, 2.0, 0.0], [0.0, 2.0, 0.0]])  # sample 0's label disbelieved, sample 2's believed
+    late = torch.tensor([[4.0, 0.0, 0.0], [0.0, 4.0, 0.0]])   # later both labels are fitted (memorised)
+    p_early, p_late = early.softmax(1), late.softmax(1)
+    policy(early, targets, index, at(4, total=10))  # 40% of training: the memory still learns
+    target = policy(late, targets, index, at(5, total=10))  # 50%: frozen from here on
+    torch.testing.assert_close(policy.memory[index], p_early)  # the late prediction did not enter the memory
+    torch.testing.assert_close(target.eps, 0.8 * (1 - p_early[[0, 1], targets]))
+    torch.testing.assert_close(target.signal, 1 - p_late[[0, 1], targets])  # the raw signal follows the prediction
+    # a sample first seen after the freeze has no memory: its current prediction is used, and none is stored
+    new = policy(late[:1], targets[:1], torch.tensor([3]), at(6, total=10))
+    torch.testing.assert_close(new.eps, 0.8 * (1 - p_late[:1, 0]))
+    assert not policy.seen[3] and torch.all(policy.memory[3] == 0)
+
+
+def test_adaptive_freeze_without_ema_remembers_the_last_prediction():
+    policy = AdaptiveSmoothing(eps_max=0.5, warmup_epochs=0, freeze_fraction=0.5)
+    policy.setup(num_samples=2, num_classes=3)
+    targets, index = torch.tensor([0]), torch.tensor([1])
+    first, second = torch.tensor([[1.0, 0.0, 0.0]]), torch.tensor([[0.0, 1.0, 0.0]])
+    policy(first, targets, index, at(1, total=10))
+    policy(second, targets, index, at(2, total=10))
+    eps = policy(torch.tensor([[9.0, 0.0, 0.0]]), targets, index, at(8, total=10)).eps
+    torch.testing.assert_close(eps, 0.5 * (1 - second.softmax(1)[:, 0]))
+
+
+@pytest.mark.parametrize("fraction", [0.0, 1.5, -0.1])
+def test_adaptive_freeze_fraction_is_checked(fraction):
+    with pytest.raises(SmoothingSettingError, match=rf"^freeze_fraction={fraction}: allowed is 0 < freeze_fraction"):
+        AdaptiveSmoothing(freeze_fraction=fraction)
+
+
 def test_adaptive_ema_needs_setup():
     policy = AdaptiveSmoothing(ema=0.5, warmup_epochs=0)
     logits, targets, index = confidence_ladder()

@@ -19,7 +19,11 @@ METRICS = {
     "test/acc": ("test acc (%)", 100.0),
     "test/acc_at_best_val": ("test acc, best val (%)", 100.0),
     "test/ece": ("ECE (%)", 100.0),
+    "test/ts_ece": ("ECE after TS (%)", 100.0),        # temperature fitted on the noisy validation split
+    "test/nts_ece": ("ECE after noise-aware TS (%)", 100.0),
     "test/nll": ("NLL", 1.0),
+    "diag/memorized": ("memorised (%)", 100.0),         # of the corrupted training labels, at the last epoch
+    "diag/eps_auroc": ("ε AUROC", 1.0),                 # of ε as a detector of the corrupted labels, last epoch
 }
 KEYS = ["policy", "noise", "rate"]
 SETTING = "setting:"  # prefix of the jobs table's setting columns

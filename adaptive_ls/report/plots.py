@@ -225,7 +225,8 @@ def make_plots(rep: SweepReport, reliability_setting: Optional[tuple[str, float]
             table, jobs, {"diag/memorized": "-", "diag/corrected": "--"},
             "fraction of the corrupted training samples", out / PLOTS["memorization"], skip_clean=True),
         "ε as a detector of the noisy labels": plot_curves(
-            table, jobs, {"diag/eps_auroc": "-"}, "AUROC of ε for the corrupted samples", out / PLOTS["eps_auroc"],
+            table, jobs, {"diag/eps_auroc": "-", "diag/signal_auroc": ":"},
+            "AUROC for the corrupted samples (ε; policy's signal dotted)", out / PLOTS["eps_auroc"],
             skip_clean=True, reference=0.5),
     }
     rep.plots.update({name: path for name, path in made.items() if path is not None})
