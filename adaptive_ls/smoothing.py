@@ -303,6 +303,7 @@ class AnnealedSmoothing(SmoothingPolicy):
 
 
 ADAPTIVE_SIGNALS = ("max_prob", "entropy", "true_class_prob")
+ADAPTIVE_Q = ("uniform", "prediction")
 
 
 def confidence_signal(probs: Tensor, targets: Tensor, signal: str) -> Tensor:
@@ -333,6 +334,12 @@ class AdaptiveSmoothing(SmoothingPolicy):
     what the model believed in its early-learning phase. Without it, 1 − p[y] falls as a wrong label is memorised, so
     ε falls exactly when it should resist (early-learning regularisation, Liu et al., NeurIPS 2020, anchors its
     targets the same way). With ``ema = 0`` the frozen memory is each sample's last prediction before the freeze.
+
+    ``q``: ``uniform`` spreads ε evenly, which lowers the label's share but never moves the target's argmax off the
+    given label while ε < (K − 1)/K, so a wrong label is still the class the model is taught. ``prediction`` gives
+    ε to the prediction the signal reads (the memory where there is one): target = (1 − ε)·onehot(y) + ε·p̃, soft
+    bootstrapping (Reed et al., 2015) with a per-sample weight, which hands a disbelieved label's mass to the class
+    the model believed in instead.
     """
 
     name = "adaptive"
@@ -347,6 +354,7 @@ class AdaptiveSmoothing(SmoothingPolicy):
         warmup_eps: float = 0.1,
         ema: float = 0.0,
         freeze_fraction: float = 1.0,
+        q: str = "uniform",
     ):
         super().__init__()
         self.eps_min = _check_eps_value(eps_min, "eps_min")
@@ -364,6 +372,9 @@ class AdaptiveSmoothing(SmoothingPolicy):
                                         f"(1 never freezes the memory)")
         self.signal, self.warmup_epochs, self.ema = signal, int(warmup_epochs), float(ema)
         self.freeze_fraction = float(freeze_fraction)
+        if q not in ADAPTIVE_Q:
+            raise SmoothingSettingError(f"q={q!r}: allowed are {', '.join(ADAPTIVE_Q)}")
+        self.q = q
         self.warmup_eps = _check_eps_value(warmup_eps, "warmup_eps")
         # Each sample's moving-average prediction and whether it has been seen; sized in setup().
         self.register_buffer("memory", torch.empty(0, 0))
@@ -403,7 +414,8 @@ class AdaptiveSmoothing(SmoothingPolicy):
         if progress.epoch < self.warmup_epochs:
             return SmoothingTarget(torch.full_like(probs[:, 0], self.warmup_eps), signal=signal)
         score = signal if probs is current else confidence_signal(probs, targets, self.signal)
-        return SmoothingTarget(self.eps_min + (self.eps_max - self.eps_min) * score, signal=signal)
+        q = probs if self.q == "prediction" else None
+        return SmoothingTarget(self.eps_min + (self.eps_max - self.eps_min) * score, q, signal=signal)
 
 
 

@@ -235,3 +235,15 @@ def write_tree(root, per_class: int = 8, seed: int = 0) -> dict:
             Image.fromarray(rng.integers(0, 256, (20, 16, 3), dtype=np.uint8)).save(folder / "zz_big.jpg")
             Image.fromarray(rng.integers(0, 256, (12, 12), dtype=np.uint8)).save(folder / "zz_gray.bmp")
     return pixels
+
+
+def logits_of(probs) -> torch.Tensor:
+    """Logits whose softmax is exactly ``probs`` (rows sum to 1)."""
+    return torch.tensor(probs, dtype=torch.float64).log().float()
+
+
+def at_epoch(epoch: int, max_epochs: int):
+    """A policy's Progress at the start of ``epoch`` of ``max_epochs``, with 10 optimizer steps an epoch."""
+    from adaptive_ls.smoothing import Progress
+
+    return Progress(step=epoch * 10, total_steps=max_epochs * 10, epoch=epoch, max_epochs=max_epochs)

@@ -49,7 +49,7 @@ def test_a_crashed_run_resumes_exactly(tmp_path):
     # other settings are refused, naming what differs; the folder is left as it was
     with pytest.raises(OutputDirError) as error:
         run_in(run_dir, *STATEFUL, "optimizer.lr=0.01", "smoothing.eps_max=0.3")
-    assert "optimizer.lr: 0.05 -> 0.01" in str(error.value) and "smoothing.eps_max: 0.4 -> 0.3" in str(error.value)
+    assert "optimizer.lr: 0.05 -> 0.01" in str(error.value) and "smoothing.eps_max: 0.9 -> 0.3" in str(error.value)
     assert "\n" not in str(error.value) and "hydra.run.dir" in str(error.value)
     with pytest.raises(OutputDirError, match="resume=false but"):
         run_in(run_dir, *STATEFUL, "resume=false")

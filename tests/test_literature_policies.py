@@ -3,6 +3,7 @@ transcription of the authors' losses, memories by index, resume, two processes, 
 from __future__ import annotations
 
 import math
+from functools import partial
 
 import pytest
 import torch
@@ -19,15 +20,11 @@ from adaptive_ls.smoothing import (
     SmoothingTarget,
     smoothed_cross_entropy,
 )
+from tests import runs
+from tests.runs import logits_of
 
 
-def logits_of(probs) -> torch.Tensor:
-    """Logits whose softmax is exactly ``probs`` (rows sum to 1)."""
-    return torch.tensor(probs, dtype=torch.float64).log().float()
-
-
-def at_epoch(epoch: int, max_epochs: int = 100) -> Progress:
-    return Progress(step=epoch * 10, total_steps=max_epochs * 10, epoch=epoch, max_epochs=max_epochs)
+at_epoch = partial(runs.at_epoch, max_epochs=100)
 
 
 def target_rows(target: SmoothingTarget, targets: torch.Tensor, num_classes: int) -> torch.Tensor:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+from functools import partial
 
 import pytest
 import pytorch_lightning as pl
@@ -23,15 +24,11 @@ from adaptive_ls.smoothing import (
     SelfDistillation,
     smoothed_cross_entropy,
 )
+from tests import runs
+from tests.runs import logits_of
 
 
-def logits_of(probs) -> torch.Tensor:
-    """Logits whose softmax is exactly ``probs`` (rows sum to 1)."""
-    return torch.tensor(probs, dtype=torch.float64).log().float()
-
-
-def at_epoch(epoch: int, max_epochs: int = 4) -> Progress:
-    return Progress(step=epoch * 10, total_steps=max_epochs * 10, epoch=epoch, max_epochs=max_epochs)
+at_epoch = partial(runs.at_epoch, max_epochs=4)
 
 
 def loss_against(logits: torch.Tensor, target_probs: torch.Tensor) -> torch.Tensor:
@@ -119,7 +116,7 @@ def test_online_needs_setup():
 
 def test_self_distill_alpha_schedule():
     policy = SelfDistillation(alpha_T=0.8)
-    assert [policy.alpha_at(at_epoch(t, 4)) for t in range(4)] == pytest.approx([0.2, 0.4, 0.6, 0.8])
+    assert [policy.alpha_at(at_epoch(t)) for t in range(4)] == pytest.approx([0.2, 0.4, 0.6, 0.8])
     no_epoch_limit = Progress(step=25, total_steps=100, epoch=0, max_epochs=-1)
     assert policy.alpha_at(no_epoch_limit) == pytest.approx(0.8 * 0.25)
 

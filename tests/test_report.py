@@ -103,7 +103,8 @@ def test_markdown_names_failed_and_missing_jobs_and_embeds_plots(sweep):
     report.report([sweep])
     md = (sweep / "report.md").read_text()
     assert "Read 13 jobs: 11 completed, 1 failed, 1 missing" in md
-    assert "| none | symmetric | 0.4 | 3 | 72.00 ± 2.00 | 73.00 ± 2.00 | 20.00 ± 2.00 | 1.000 ± 0.100 |" in md
+    assert "| none | symmetric | 0.4 | 3 | 72.00 ± 2.00 | 73.00 ± 2.00 | – | 20.00 ± 2.00 | – | – | 1.000 ± 0.100 | – | – |" \
+        in md  # metrics a job did not record read "–"
     failed = next(line for line in md.splitlines() if line.startswith("| 2026-01-01_00-00-00/11 "))
     assert "failed" in failed and "smoothing.eps=1.5" in failed and "ValueError: smoothing.eps=1.5 is out" in failed
     missing = next(line for line in md.splitlines() if line.startswith("| 2026-01-01_00-00-00/12 "))
@@ -326,3 +327,59 @@ def test_wandb_report_blocks_select_the_sweep_runs():
     assert leaves == [{("group", "quickstart-2026"), ("jobType", "train")},
                       {("group", "quickstart-2026"), ("jobType", "report")}]
     assert grids[1].panels[0].media_keys == ["report/reliability"]
+
+
+def versus_sweep(root: Path) -> Path:
+    """fixed ε ∈ {0.2, 0.6} and one adaptive setting, at rates 0.4 and 0.6, seeds 0 and 1: numbers chosen so that
+    the validation split prefers ε = 0.2 at 0.4 and ε = 0.6 at 0.6, while the test set would prefer the other."""
+    num = 0
+    cells = {  # (policy, eps, rate) -> (val/acc_best, test/acc per seed)
+        ("fixed", 0.2, 0.4): (0.70, [0.60, 0.62]), ("fixed", 0.6, 0.4): (0.65, [0.70, 0.70]),
+        ("fixed", 0.2, 0.6): (0.50, [0.55, 0.55]), ("fixed", 0.6, 0.6): (0.55, [0.45, 0.47]),
+        ("adaptive", None, 0.4): (0.68, [0.63, 0.61]), ("adaptive", None, 0.6): (0.52, [0.50, 0.46]),
+    }
+    for (policy, eps, rate), (val, accs) in cells.items():
+        for seed, acc in enumerate(accs):
+            settings = {"eps": eps} if policy == "fixed" else {"eps_max": 0.9}
+            make_job(root, num, policy, rate, seed, acc=acc, ece=0.1 + 0.01 * seed, nll=1.0, settings=settings,
+                     extra={"val/acc_best": val, "test/ts_ece": 0.05},
+                     overrides=[f"smoothing={policy}", f"noise.rate={rate}", f"seed={seed}"])
+            num += 1
+    return root
+
+
+def test_versus_picks_the_baseline_on_validation_and_pairs_the_seeds(tmp_path):
+    table = report.jobs_table(report.read_jobs([versus_sweep(tmp_path / "sweep")]))
+    chosen, diffs = report.paired_differences(table, "fixed")
+    assert dict(zip(chosen["rate"], chosen["setting:smoothing/eps"])) == {0.4: "0.2", 0.6: "0.6"}
+    rows = diffs.set_index("rate")
+    # rate 0.4: adaptive − fixed(0.2) = [0.63 − 0.60, 0.61 − 0.62] = [+0.03, −0.01]
+    assert rows.loc[0.4, "test/acc_mean"] == pytest.approx(0.01)
+    assert rows.loc[0.4, "test/acc_std"] == pytest.approx(np.std([0.03, -0.01], ddof=1))
+    # rate 0.6: adaptive − fixed(0.6) = [0.50 − 0.45, 0.46 − 0.47] = [+0.05, −0.01]
+    assert rows.loc[0.6, "test/acc_mean"] == pytest.approx(0.02)
+    assert list(rows["pairs"]) == [2, 2] and list(rows["policy"]) == ["adaptive", "adaptive"]
+    assert rows["wins"].all()  # positive at both rates
+    assert rows.loc[0.4, "test/ece_mean"] == pytest.approx(0.0)  # same ECE per seed: paired, not pooled
+
+
+def test_versus_does_not_win_when_one_rate_is_lost(tmp_path):
+    root = versus_sweep(tmp_path / "sweep")
+    results = json.loads((root / "9" / "results.json").read_text())  # adaptive, rate 0.6, seed 1
+    assert results["smoothing"] == "adaptive" and results["seed"] == 1
+    results["test/acc"] = 0.30  # mean Δ at 0.6 becomes (0.05 − 0.17) / 2 < 0
+    (root / "9" / "results.json").write_text(json.dumps(results))
+    _, diffs = report.paired_differences(report.jobs_table(report.read_jobs([root])), "fixed")
+    assert not diffs["wins"].any()
+
+
+def test_versus_section_in_the_report_and_a_missing_baseline(tmp_path, capsys):
+    root = versus_sweep(tmp_path / "sweep")
+    assert report.main([str(root), "--baseline", "fixed"]) == 0
+    text = (root / "report.md").read_text()
+    assert "## Against the best `fixed`, chosen on the noisy validation split" in text
+    assert "- symmetric 0.4: fixed (eps=0.2), val/acc_best 70.00% (n = 2)" in text
+    assert "| adaptive | symmetric | 0.4 | 2 | +1.00 ± 2.83 |" in text
+    assert report.main([str(root), "--baseline", "annealed"]) == 2
+    assert "--baseline annealed: no completed job of that policy; the sweep has adaptive, fixed" in \
+        capsys.readouterr().err

@@ -398,3 +398,26 @@ def test_adaptive_argument_errors_name_the_key():
         AdaptiveSmoothing(ema=1.0)
     with pytest.raises(ValueError, match=r"^warmup_epochs=-1"):
         AdaptiveSmoothing(warmup_epochs=-1)
+
+
+def test_adaptive_q_prediction_gives_eps_to_the_remembered_prediction():
+    policy = AdaptiveSmoothing(eps_max=0.9, warmup_epochs=0, freeze_fraction=0.5, q="prediction")
+    policy.setup(num_samples=2, num_classes=3)
+    targets, index = torch.tensor([0]), torch.tensor([1])
+    early = torch.tensor([[0.0, 2.0, 0.0]])  # the model believes class 1, the label says 0
+    p_early = early.softmax(1)
+    policy(early, targets, index, at(1, total=10))
+    target = policy(torch.tensor([[5.0, 0.0, 0.0]]), targets, index, at(8, total=10))  # the label is memorised
+    eps = 0.9 * (1 - p_early[0, 0])
+    torch.testing.assert_close(target.eps, eps.reshape(1))
+    torch.testing.assert_close(target.q, p_early)
+    row = (1 - eps) * torch.tensor([1.0, 0.0, 0.0]) + eps * p_early[0]
+    assert row.argmax() == 1  # the target now teaches the believed class, not the given one
+    loss = smoothed_cross_entropy(torch.tensor([[5.0, 0.0, 0.0]]), targets, target.eps, target.q, reduction="none")
+    expected = -(row * torch.tensor([[5.0, 0.0, 0.0]]).log_softmax(1)[0]).sum()
+    torch.testing.assert_close(loss[0], expected)
+
+
+def test_adaptive_q_is_checked():
+    with pytest.raises(SmoothingSettingError, match=r"^q='memory': allowed are uniform, prediction"):
+        AdaptiveSmoothing(q="memory")

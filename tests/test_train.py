@@ -18,7 +18,8 @@ POLICY_PARAMS = {
     "none": {},
     "fixed": {"smoothing/eps": 0.1},
     "annealed": {"smoothing/eps_start": 0.3, "smoothing/eps_end": 0.0, "smoothing/schedule": "linear"},
-    "adaptive": {"smoothing/eps_min": 0.0, "smoothing/eps_max": 0.4, "smoothing/signal": "true_class_prob"},
+    "adaptive": {"smoothing/eps_min": 0.0, "smoothing/eps_max": 0.9, "smoothing/signal": "true_class_prob",
+                 "smoothing/freeze_fraction": 0.4, "smoothing/q": "prediction"},
 }
 
 
@@ -54,7 +55,7 @@ def test_run_writes_results_for_each_policy(tmp_path, policy):
         assert 0.3 > eps[0] > eps[1] > 0.0
     else:
         assert eps[0] == pytest.approx(0.1)  # warm-up epoch
-        assert 0.0 <= history[1]["smoothing/eps_min"] < history[1]["smoothing/eps_max"] <= 0.4
+        assert 0.0 <= history[1]["smoothing/eps_min"] < history[1]["smoothing/eps_max"] <= 0.9
 
     # the saved noisy labels are the data module's, and the run's files are where the issue says
     datamodule = hydra.utils.instantiate(cfg.data)

@@ -3,8 +3,12 @@
 Reads every job's ``results.json`` under the sweep folder(s) and writes, into the first one (or ``--out``):
 
 - ``report.csv`` and ``report.md``: mean ± sample standard deviation over seeds for each (policy, noise, rate) of
-  the test accuracy (final and at the best noisy-validation epoch), ECE and NLL, with the number of seeds; the jobs
-  without a result (failed, interrupted, unfinished, missing) listed by name.
+  the test accuracy (final and at the best noisy-validation epoch), the best noisy-validation accuracy, ECE (also
+  after plain and noise-aware temperature scaling), NLL, and at the last epoch the memorised fraction of the
+  corrupted labels and the AUROC of ε as their detector, with the number of seeds; the jobs without a result
+  (failed, interrupted, unfinished, missing) listed by name.
+- with ``--baseline POLICY`` (e.g. ``fixed`` over an ε grid), a section comparing every other row with that policy's
+  best variant per noise setting, chosen on the noisy validation split, in paired differences over seeds.
 - PNG plots: test accuracy and ECE vs noise rate (a line per policy, a panel per noise kind), ε over training per
   policy, reliability diagrams side by side at one noise setting, and, when the jobs logged them, memorisation of the
   noisy labels over training (``diag/memorized``, ``diag/corrected``) and the AUROC of ε as a detector of the
@@ -16,7 +20,7 @@ columns, so different settings are never averaged together. ``--wandb`` logs the
 sweep's group (``job_type=report``) and, online, publishes a W&B Report built from them.
 
 Modules: ``jobs`` (reading the sweep, the jobs table, the mean over seeds), ``tables`` (report.md, report.csv),
-``plots`` (the PNGs), ``wandb_report`` (W&B).
+``plots`` (the PNGs), ``versus`` (the comparison with a baseline), ``wandb_report`` (W&B).
 """
 from __future__ import annotations
 
@@ -32,24 +36,31 @@ from adaptive_ls.report.plots import (PLOTS, line_colors, make_plots, plot_curve
                                       pooled_reliability)
 from adaptive_ls.report.tables import markdown_table, problems_markdown, unfinished_jobs, write_report
 from adaptive_ls.report.wandb_report import log_to_wandb, wandb_report_blocks
+from adaptive_ls.report.versus import best_variants, paired_differences, versus_markdown
 
 __all__ = ["KEYS", "METRICS", "PLOTS", "Job", "SweepReport", "build_parser", "duplicate_seeds", "jobs_table",
            "line_colors", "log_to_wandb", "main", "make_plots", "markdown_table", "plot_curves", "plot_reliability",
            "plot_vs_noise", "pooled_reliability", "problems_markdown", "read_jobs", "report", "status_counts",
-           "summarize", "varying_settings", "wandb_report_blocks", "write_report"]
+           "summarize", "varying_settings", "wandb_report_blocks", "write_report", "best_variants",
+           "paired_differences", "versus_markdown"]
 
 log = logging.getLogger(__name__)
 
 
 def report(sweep_dirs: Sequence[Path], out: Optional[Path] = None,
-           reliability_setting: Optional[tuple[str, float]] = None) -> SweepReport:
-    """Read the sweep(s) and write report.csv, report.md and the plots into ``out`` (default: the first folder)."""
+           reliability_setting: Optional[tuple[str, float]] = None, baseline: Optional[str] = None) -> SweepReport:
+    """Read the sweep(s) and write report.csv, report.md and the plots into ``out`` (default: the first folder).
+
+    ``baseline``: a policy whose best variant per noise setting, chosen on the noisy validation split, every other
+    row is compared with (:mod:`adaptive_ls.report.versus`)."""
     roots = [Path(d) for d in sweep_dirs]
     out = Path(out) if out is not None else roots[0]
     jobs = read_jobs(roots)
     out.mkdir(parents=True, exist_ok=True)
     table = jobs_table(jobs)
     rep = SweepReport(roots, out, jobs, table, summarize(table))
+    if baseline is not None:
+        rep.versus = versus_markdown(table, baseline)
     make_plots(rep, reliability_setting)
     write_report(rep)
     return rep
@@ -74,6 +85,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--out", type=Path, default=None, help="where to write (default: the first SWEEP_DIR)")
     parser.add_argument("--reliability-noise", type=_parse_setting, default=None, metavar="KIND:RATE",
                         help="noise setting of the reliability diagrams (default: the first kind's highest rate)")
+    parser.add_argument("--baseline", default=None, metavar="POLICY",
+                        help="compare every row with POLICY's best variant per noise setting, chosen by mean "
+                             "val/acc_best (the noisy validation split), paired on seeds; e.g. fixed over an ε grid")
     parser.add_argument("--wandb", action="store_true", help="log the table and plots to a W&B run (job_type=report)"
                                                              " in the sweep's group; online, publish a W&B Report")
     parser.add_argument("--wandb-mode", default="auto", choices=["auto", "online", "offline", "disabled"],
@@ -88,7 +102,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     args = build_parser().parse_args(argv)
     try:
-        rep = report(args.sweep_dirs, args.out, args.reliability_noise)
+        rep = report(args.sweep_dirs, args.out, args.reliability_noise, args.baseline)
     except (FileNotFoundError, ValueError) as error:
         print(f"adaptive-ls-report: {error}", file=sys.stderr)
         return 2

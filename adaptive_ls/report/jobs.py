@@ -18,6 +18,7 @@ import pandas as pd
 METRICS = {
     "test/acc": ("test acc (%)", 100.0),
     "test/acc_at_best_val": ("test acc, best val (%)", 100.0),
+    "val/acc_best": ("best noisy-val acc (%)", 100.0),   # what model selection sees: the noisy validation split
     "test/ece": ("ECE (%)", 100.0),
     "test/ts_ece": ("ECE after TS (%)", 100.0),        # temperature fitted on the noisy validation split
     "test/nts_ece": ("ECE after noise-aware TS (%)", 100.0),
@@ -309,6 +310,7 @@ class SweepReport:
     summary: pd.DataFrame   # one row per setting: n, mean and std of each metric
     files: dict[str, Path] = field(default_factory=dict)
     plots: dict[str, Path] = field(default_factory=dict)
+    versus: str = ""        # the comparison with a baseline policy's best variant (report.versus), if asked for
 
     @property
     def counts(self) -> dict[str, int]:

@@ -64,6 +64,8 @@ def write_report(rep: SweepReport) -> None:
         lines += ["**Warning**: some seeds appear more than once in a setting (were two sweeps of the same grid "
                   "read together?); all of them are averaged:", "", "```", duplicates.to_string(index=False), "```",
                   ""]
+    if rep.versus:
+        lines += [rep.versus, ""]
     problems = problems_markdown(rep.jobs, rep.roots)
     if problems:
         lines += [problems, ""]
