@@ -383,3 +383,12 @@ def test_versus_section_in_the_report_and_a_missing_baseline(tmp_path, capsys):
     assert report.main([str(root), "--baseline", "annealed"]) == 2
     assert "--baseline annealed: no completed job of that policy; the sweep has adaptive, fixed" in \
         capsys.readouterr().err
+
+
+def test_versus_a_setting_run_at_one_rate_only_does_not_win(tmp_path):
+    root = versus_sweep(tmp_path / "sweep")
+    make_job(root, 99, "annealed", 0.4, 0, acc=0.9, ece=0.1, nll=1.0, settings={"eps_start": 0.3},
+             extra={"val/acc_best": 0.1, "test/ts_ece": 0.05})
+    _, diffs = report.paired_differences(report.jobs_table(report.read_jobs([root])), "fixed")
+    annealed = diffs[diffs["policy"] == "annealed"]
+    assert len(annealed) == 1 and annealed["test/acc_mean"].item() > 0 and not annealed["wins"].item()
