@@ -58,7 +58,8 @@ def test_each_process_trains_on_its_own_equal_shard(loader):
 
 @pytest.mark.slow
 def test_ddp_run_on_two_cpu_processes(tmp_path):
-    settings = ("smoothing=adaptive", "smoothing.ema=0.5", "trainer.max_epochs=1", "smoothing.warmup_epochs=0")
+    settings = ("smoothing=adaptive", "smoothing.ema=0.5", "smoothing.freeze_fraction=1", "trainer.max_epochs=1",
+                "smoothing.warmup_epochs=0")
     run_dir = tmp_path / "ddp"
     proc = entry_point(*settings, "trainer=ddp", "trainer.devices=2", run_dir=run_dir)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -82,7 +83,7 @@ def test_ddp_run_on_two_cpu_processes(tmp_path):
 
     module = LabelSmoothingClassifier.load_from_checkpoint(
         run_dir / "checkpoints" / "last.ckpt", map_location="cpu", net=small_cnn(10, 1, width=8),
-        smoothing=AdaptiveSmoothing(ema=0.5))
+        smoothing=AdaptiveSmoothing(ema=0.5, freeze_fraction=1.0))
     trainer = pl.Trainer(accelerator="cpu", devices=1, logger=False, enable_progress_bar=False,
                          enable_model_summary=False)
     with one_thread():
