@@ -17,6 +17,7 @@ _WHERE = {  # public name -> the module that defines it
     **dict.fromkeys(("corrupt_labels", "transition_matrix"), "noise"),
     **dict.fromkeys(("CIFAR10DataModule", "DigitsDataModule", "NoisyLabelDataModule"), "data"),
     "LabelSmoothingClassifier": "module",
+    **dict.fromkeys(("StackedClassifier", "StackedDataModule", "StackedNet"), "stacking"),
 }
 __all__ = list(_WHERE)
 

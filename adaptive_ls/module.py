@@ -8,17 +8,18 @@ from __future__ import annotations
 import inspect
 import math
 from functools import partial
-from typing import Callable, Optional, TypedDict
+from typing import Callable, Mapping, NamedTuple, Optional, TypedDict
 
 import pytorch_lightning as pl
 import torch
 from torch import Tensor, nn
-from torchmetrics import MaxMetric, MeanMetric, MinMetric
+from torchmetrics import MaxMetric, MeanMetric, Metric, MetricCollection, MinMetric
 from torchmetrics.classification import MulticlassAccuracy
 
 from adaptive_ls.metrics import ReliabilityBins, evaluation_metrics
 from adaptive_ls.errors import SettingError
-from adaptive_ls.smoothing import NoSmoothing, Progress, SmoothingPolicy, smoothed_cross_entropy
+from adaptive_ls.smoothing import (NoSmoothing, Progress, SmoothingPolicy, SmoothingTarget,
+                                   smoothed_cross_entropy)
 
 
 def cosine_schedule(optimizer: torch.optim.Optimizer, total_steps: int, warmup_fraction: float = 0.0,
@@ -36,6 +37,7 @@ def cosine_schedule(optimizer: torch.optim.Optimizer, total_steps: int, warmup_f
 
 
 EVAL_TTA = ("none", "hflip")
+SCHEDULER_INTERVALS = ("step", "epoch")
 DATA_INIT_IMAGES = 5000  # training images shown to layers that set themselves from data (airbench's whitening: 5,000)
 
 
@@ -50,6 +52,12 @@ def check_options(channels_last: bool, compile: bool, norm_bias_lr_scale: float,
         raise SettingError(f"norm_bias_lr_scale={norm_bias_lr_scale!r}: allowed is a positive number (1 = no change)")
     if eval_tta not in EVAL_TTA:
         raise SettingError(f"eval_tta={eval_tta!r}: allowed are {', '.join(EVAL_TTA)}")
+
+
+def check_scheduler_interval(scheduler_interval: str) -> None:
+    """When Lightning steps the schedule: a SettingError naming the argument."""
+    if scheduler_interval not in SCHEDULER_INTERVALS:
+        raise SettingError(f"scheduler_interval={scheduler_interval!r}: allowed are 'step', 'epoch'")
 
 
 class TrainingStepOutput(TypedDict):
@@ -87,6 +95,128 @@ def parameter_groups(module: nn.Module, optimizer_factory: Callable, norm_bias_l
 
 def _mean() -> MeanMetric:
     return MeanMetric(nan_strategy="disable")  # the default NaN check reads the value on the host every step
+
+
+def configure_optimization(module: pl.LightningModule, optimizer_factory: Callable,
+                           scheduler_factory: Optional[Callable], scheduler_interval: str,
+                           norm_bias_lr_scale: float):
+    """What ``configure_optimizers`` returns: the optimizer over :func:`parameter_groups`, and the schedule (given the
+    total steps or epochs when its factory asks for them)."""
+    optimizer = optimizer_factory(params=parameter_groups(module, optimizer_factory, norm_bias_lr_scale))
+    if scheduler_factory is None:
+        return optimizer
+    if "total_steps" in inspect.signature(scheduler_factory).parameters:
+        steps = int(module.trainer.estimated_stepping_batches)
+        if scheduler_interval == "epoch":
+            steps = int(module.trainer.max_epochs)
+        scheduler = scheduler_factory(optimizer, total_steps=steps)
+    else:
+        scheduler = scheduler_factory(optimizer)
+    return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": scheduler_interval}}
+
+
+# -- one job's training step and metrics, shared by LabelSmoothingClassifier and a stack of jobs (adaptive_ls.stacking)
+
+
+def trainer_progress(trainer: Optional[pl.Trainer], total_steps: int) -> Progress:
+    """Training progress for schedules: optimizer steps done of the total, and the epoch (the start, with no
+    trainer)."""
+    if trainer is None:
+        return Progress(0, 1, 0, 1)
+    return Progress(trainer.global_step, total_steps, trainer.current_epoch, trainer.max_epochs or 1)
+
+
+def training_metrics(num_classes: int) -> dict[str, Metric]:
+    """One job's training-epoch metrics, keyed by the names they are logged under."""
+    accuracy = MulticlassAccuracy(num_classes=num_classes, average="micro", validate_args=False)
+    return {"train/loss": _mean(), "train/acc": accuracy, "smoothing/eps_mean": _mean(),
+            "smoothing/eps_min": MinMetric(nan_strategy="disable"),
+            "smoothing/eps_max": MaxMetric(nan_strategy="disable")}
+
+
+def epoch_training_metrics(metrics: Mapping[str, Metric], per_sample: bool) -> dict[str, Metric]:
+    """The training metrics a job logs: a batch-constant ε has min = max = mean, so those two only for a per-sample
+    policy."""
+    dropped = () if per_sample else ("smoothing/eps_min", "smoothing/eps_max")
+    return {name: metric for name, metric in metrics.items() if name not in dropped}
+
+
+class SmoothedBatch(NamedTuple):
+    """A policy's target for a batch, its ε as a tensor (per sample [B], or a scalar) and the per-sample loss."""
+
+    target: SmoothingTarget
+    eps: Tensor
+    loss_per_sample: Tensor
+
+
+def smoothed_batch(policy: SmoothingPolicy, logits: Tensor, targets: Tensor, index: Tensor,
+                   progress: Progress) -> SmoothedBatch:
+    """Ask the policy for the batch's target (from the detached logits) and the smoothed loss of every sample."""
+    target = policy(logits.detach(), targets, index, progress)
+    eps = target.eps if isinstance(target.eps, Tensor) else torch.full((), float(target.eps), device=logits.device)
+    return SmoothedBatch(target, eps, smoothed_cross_entropy(logits, targets, eps, target.q, reduction="none"))
+
+
+def smoothed_training_step(policy: SmoothingPolicy, metrics: Mapping[str, Metric], logits: Tensor, targets: Tensor,
+                           index: Tensor, progress: Progress) -> TrainingStepOutput:
+    """One job's training step on its logits: the policy's target, the smoothed loss, the epoch's training metrics
+    (:func:`training_metrics`) updated on the device."""
+    batch = smoothed_batch(policy, logits, targets, index, progress)
+    metrics["train/loss"].update(batch.loss_per_sample.detach())
+    metrics["train/acc"].update(logits.detach(), targets)  # against the (noisy) training labels
+    eps = batch.eps.detach().float()
+    metrics["smoothing/eps_mean"].update(eps)
+    if policy.per_sample:  # a batch-constant ε has min = max = mean
+        metrics["smoothing/eps_min"].update(eps)
+        metrics["smoothing/eps_max"].update(eps)
+    signal = None if batch.target.signal is None else batch.target.signal.detach().float()
+    return TrainingStepOutput(loss=batch.target.batch_loss(batch.loss_per_sample), eps=eps, index=index,
+                              logits=logits.detach(), signal=signal)
+
+
+def split_metrics(num_classes: int, ece_bins: int, prefix: str) -> MetricCollection:
+    """One evaluation split's metrics (:func:`~adaptive_ls.metrics.evaluation_metrics`), not reduced across
+    processes: every process evaluates the whole split (the evaluation loaders are not sharded), so its states are
+    complete, and reducing them would count each sample once per process."""
+    return evaluation_metrics(num_classes, prefix=prefix, n_bins=ece_bins, sync_on_compute=False)
+
+
+def best_accuracy() -> MaxMetric:
+    """The best validation accuracy so far: it spans epochs, so it is checkpointed and a resumed run keeps it."""
+    best = MaxMetric(nan_strategy="disable")
+    best.persistent(True)
+    return best
+
+
+def log_epoch_metrics(module: pl.LightningModule, metrics: Mapping[str, Metric], prefix: str = "",
+                      prog_bar: tuple[str, ...] = ()) -> None:
+    """Hand metrics to Lightning once an epoch (on its first step): it computes (and, under DDP, reduces) and resets
+    them at the epoch's end. Logging at every step would cost ~0.5 ms of host time per call, as much as a whole
+    small-model step takes on a GPU."""
+    for name, metric in metrics.items():
+        module.log(prefix + name, metric, on_step=False, on_epoch=True, prog_bar=name in prog_bar)
+
+
+def tta_logits(forward: Callable[[Tensor], Tensor], images: Tensor, eval_tta: str) -> Tensor:
+    """Logits for evaluation: of the images, or (``eval_tta="hflip"``) averaged with their mirror images' (the
+    last dimension is the width)."""
+    logits = forward(images)
+    if eval_tta == "hflip":
+        logits = 0.5 * (logits + forward(images.flip(-1)))
+    return logits
+
+
+def init_from_data(net: nn.Module, datamodule) -> None:
+    """Show the first training images to the net's layers that set themselves from data (before any step)."""
+    layers = [m for m in net.modules() if callable(getattr(m, "init_from_data", None))]
+    if layers:
+        if not callable(getattr(datamodule, "train_sample", None)):
+            raise ValueError(f"the net's {type(layers[0]).__name__} layer is set from training images before "
+                             "fitting: fit with a data module that has train_sample(n) (adaptive_ls.data), "
+                             "or use model.stem=conv")
+        images = datamodule.train_sample(DATA_INIT_IMAGES)
+        for layer in layers:
+            layer.init_from_data(images.to(next(layer.parameters()).device))
 
 
 class LabelSmoothingClassifier(pl.LightningModule):
@@ -128,8 +258,7 @@ class LabelSmoothingClassifier(pl.LightningModule):
         eval_tta: str = "none",
     ):
         super().__init__()
-        if scheduler_interval not in ("step", "epoch"):
-            raise SettingError(f"scheduler_interval={scheduler_interval!r}: allowed are 'step', 'epoch'")
+        check_scheduler_interval(scheduler_interval)
         check_options(channels_last, compile, norm_bias_lr_scale, eval_tta)
         self.save_hyperparameters(ignore=["net", "smoothing", "optimizer", "scheduler"])
         self.net = net
@@ -141,16 +270,13 @@ class LabelSmoothingClassifier(pl.LightningModule):
         self.channels_last, self.compile_net = channels_last, compile
         self.norm_bias_lr_scale, self.eval_tta = float(norm_bias_lr_scale), eval_tta
         self._memory_format = torch.contiguous_format  # applied in setup()
-        accuracy = partial(MulticlassAccuracy, num_classes=num_classes, average="micro", validate_args=False)
-        self.train_loss, self.train_acc = _mean(), accuracy()
-        self.eps_mean, self.eps_min, self.eps_max = _mean(), MinMetric(nan_strategy="disable"), MaxMetric(nan_strategy="disable")
-        # Every process evaluates the whole split (the evaluation loaders are not sharded): its states are complete,
-        # and reducing them across processes would count each sample once per process.
-        eval_metrics = partial(evaluation_metrics, num_classes, n_bins=ece_bins, sync_on_compute=False)
-        self.val_metrics, self.test_metrics = eval_metrics(prefix="val/"), eval_metrics(prefix="test/")
+        train = training_metrics(num_classes)
+        self.train_loss, self.train_acc = train["train/loss"], train["train/acc"]
+        self.eps_mean, self.eps_min, self.eps_max = (train[f"smoothing/eps_{s}"] for s in ("mean", "min", "max"))
+        self.val_metrics = split_metrics(num_classes, ece_bins, "val/")
+        self.test_metrics = split_metrics(num_classes, ece_bins, "test/")
         self.test_bins = ReliabilityBins(ece_bins, sync_on_compute=False)
-        self.val_acc_best = MaxMetric(nan_strategy="disable")
-        self.val_acc_best.persistent(True)  # spans epochs: checkpointed, so a resumed run keeps the best so far
+        self.val_acc_best = best_accuracy()
         self._total_steps = 1
         self._train_metrics_logged = False  # the epoch's training metrics are handed to Lightning on its first step
         self.test_reliability: Optional[dict] = None  # reliability-diagram data of the last test run
@@ -175,15 +301,7 @@ class LabelSmoothingClassifier(pl.LightningModule):
 
     def init_from_data(self, datamodule) -> None:
         """Show the first training images to the net's layers that set themselves from data (before any step)."""
-        layers = [m for m in self.net.modules() if callable(getattr(m, "init_from_data", None))]
-        if layers:
-            if not callable(getattr(datamodule, "train_sample", None)):
-                raise ValueError(f"the net's {type(layers[0]).__name__} layer is set from training images before "
-                                 "fitting: fit with a data module that has train_sample(n) (adaptive_ls.data), "
-                                 "or use model.stem=conv")
-            images = datamodule.train_sample(DATA_INIT_IMAGES)
-            for layer in layers:
-                layer.init_from_data(images.to(next(layer.parameters()).device))
+        init_from_data(self.net, datamodule)
 
     def set_speed_options(self) -> None:
         """Apply ``channels_last`` and ``compile`` to the net (idempotent; before the first step)."""
@@ -197,39 +315,25 @@ class LabelSmoothingClassifier(pl.LightningModule):
 
     def progress(self) -> Progress:
         """Training progress for schedules: optimizer steps done of the total, and the epoch."""
-        trainer = self._trainer
-        if trainer is None:
-            return Progress(0, 1, 0, 1)
-        return Progress(trainer.global_step, self._total_steps, trainer.current_epoch, trainer.max_epochs or 1)
+        return trainer_progress(self._trainer, self._total_steps)
+
+    @property
+    def train_metrics(self) -> dict[str, Metric]:
+        """The epoch's training metrics, keyed by the names they are logged under (:func:`training_metrics`)."""
+        return {"train/loss": self.train_loss, "train/acc": self.train_acc, "smoothing/eps_mean": self.eps_mean,
+                "smoothing/eps_min": self.eps_min, "smoothing/eps_max": self.eps_max}
 
     def training_step(self, batch, batch_idx: int) -> TrainingStepOutput:
         images, targets, index = batch
-        logits = self(images)
-        target = self.smoothing(logits.detach(), targets, index, self.progress())
-        eps = target.eps if isinstance(target.eps, Tensor) else torch.full((), float(target.eps), device=logits.device)
-        loss_per_sample = smoothed_cross_entropy(logits, targets, eps, target.q, reduction="none")
-        self.train_loss.update(loss_per_sample.detach())
-        self.train_acc.update(logits.detach(), targets)  # against the (noisy) training labels
-        eps = eps.detach().float()
-        self.eps_mean.update(eps)
-        if self.smoothing.per_sample:  # a batch-constant ε has min = max = mean
-            self.eps_min.update(eps)
-            self.eps_max.update(eps)
+        output = smoothed_training_step(self.smoothing, self.train_metrics, self(images), targets, index,
+                                        self.progress())
         if not self._train_metrics_logged:  # the first step of this epoch (also when a run resumed mid-epoch)
             self._log_epoch_metrics()
-        signal = None if target.signal is None else target.signal.detach().float()
-        return TrainingStepOutput(loss=target.batch_loss(loss_per_sample), eps=eps, index=index, logits=logits.detach(),
-                                  signal=signal)
+        return output
 
     def _log_epoch_metrics(self) -> None:
-        """Hand the epoch's torchmetrics to Lightning once per epoch: it computes (and, under DDP, reduces) and resets
-        them at the epoch's end. Logging at every step would cost ~0.5 ms of host time per call, as much as a whole
-        small-model step takes on a GPU."""
-        metrics = {"train/loss": self.train_loss, "train/acc": self.train_acc, "smoothing/eps_mean": self.eps_mean}
-        if self.smoothing.per_sample:
-            metrics.update({"smoothing/eps_min": self.eps_min, "smoothing/eps_max": self.eps_max})
-        for name, metric in metrics.items():
-            self.log(name, metric, on_step=False, on_epoch=True)
+        """Hand the epoch's training metrics to Lightning, once per epoch (:func:`log_epoch_metrics`)."""
+        log_epoch_metrics(self, epoch_training_metrics(self.train_metrics, self.smoothing.per_sample))
         self._train_metrics_logged = True
 
     def on_train_epoch_start(self) -> None:
@@ -239,16 +343,12 @@ class LabelSmoothingClassifier(pl.LightningModule):
 
     def eval_logits(self, images: Tensor) -> Tensor:
         """Logits for evaluation: of the images, or (``eval_tta="hflip"``) averaged with their mirror images'."""
-        logits = self(images)
-        if self.eval_tta == "hflip":
-            logits = 0.5 * (logits + self(images.flip(-1)))
-        return logits
+        return tta_logits(self, images, self.eval_tta)
 
     def _log_eval_metrics(self, metrics) -> None:
         """Hand a split's metrics to Lightning once (on its first batch): it computes them at the epoch's end and
         resets them."""
-        for name, metric in metrics.items():
-            self.log(name, metric, on_step=False, on_epoch=True, prog_bar=name == "val/acc")
+        log_epoch_metrics(self, metrics, prog_bar=("val/acc",))
 
     def validation_step(self, batch, batch_idx: int) -> None:
         images, targets, _ = batch
@@ -284,15 +384,5 @@ class LabelSmoothingClassifier(pl.LightningModule):
     # -- optimisation -------------------------------------------------------------------------------------------------
 
     def configure_optimizers(self):
-        optimizer = self.optimizer_factory(params=parameter_groups(self, self.optimizer_factory,
-                                                                   self.norm_bias_lr_scale))
-        if self.scheduler_factory is None:
-            return optimizer
-        if "total_steps" in inspect.signature(self.scheduler_factory).parameters:
-            steps = int(self.trainer.estimated_stepping_batches)
-            if self.scheduler_interval == "epoch":
-                steps = int(self.trainer.max_epochs)
-            scheduler = self.scheduler_factory(optimizer, total_steps=steps)
-        else:
-            scheduler = self.scheduler_factory(optimizer)
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": self.scheduler_interval}}
+        return configure_optimization(self, self.optimizer_factory, self.scheduler_factory, self.scheduler_interval,
+                                      self.norm_bias_lr_scale)

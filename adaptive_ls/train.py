@@ -52,11 +52,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     datamodule, module = build_run(cfg)  # every check that needs no data: fails in the first second
     output_dir, writes = Path(cfg.paths.output_dir), is_global_zero()
     plan = plan_resume(cfg)  # None: a fresh run; refuses a folder that holds another run
-    results: dict[str, Any] = {
-        "status": "running", "seed": cfg.seed, "noise_seed": cfg.noise_seed, "output_dir": str(output_dir),
-        "smoothing": choice_name(cfg, "smoothing"), **group_settings(cfg, "smoothing"),
-        "noise": choice_name(cfg, "noise"), **group_settings(cfg, "noise"),
-        "data": type(datamodule).__name__, "model": cfg.model._target_.rsplit(".", 1)[-1]}
+    results = initial_results(cfg, datamodule)
     callbacks = instantiate_callbacks(cfg)
     loggers = list(instantiate_group(cfg, "logger").values())  # a W&B run starts here: later failures show up
     if plan is not None and writes:
@@ -64,9 +60,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     with finishing(loggers, results, output_dir / "results.json"):
         for logger in loggers:
             logger.log_hyperparams(job_config(cfg))
-        with config_errors("data", cfg):  # the checks that need the data: present, intact, label file, splits
-            datamodule.setup("fit")
-        results.update(noise_summary(datamodule))
+        results.update(load_data(cfg, datamodule))
         if plan is not None:
             check_resumed_labels(plan, results["noise/labels_hash"])
             results.update({"resumed_from_epoch": plan.epoch, "checkpoint/resumed_from": str(plan.checkpoint)})
@@ -93,6 +87,23 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     log.info("results: test/acc %.4f  test/ece %.4f  test/nll %.4f  (%s)", results.get("test/acc", math.nan),
              results.get("test/ece", math.nan), results.get("test/nll", math.nan), output_dir / "results.json")
     return results
+
+
+def initial_results(cfg: DictConfig, datamodule) -> dict[str, Any]:
+    """What results.json says of a job before it trains: its status (running), seeds, folder and settings."""
+    return {
+        "status": "running", "seed": cfg.seed, "noise_seed": cfg.noise_seed,
+        "output_dir": str(Path(cfg.paths.output_dir)),
+        "smoothing": choice_name(cfg, "smoothing"), **group_settings(cfg, "smoothing"),
+        "noise": choice_name(cfg, "noise"), **group_settings(cfg, "noise"),
+        "data": type(datamodule).__name__, "model": cfg.model._target_.rsplit(".", 1)[-1]}
+
+
+def load_data(cfg: DictConfig, datamodule) -> dict[str, Any]:
+    """Load the job's data (the checks that need it: present, intact, label file, splits) and summarise its noise."""
+    with config_errors("data", cfg):
+        datamodule.setup("fit")
+    return noise_summary(datamodule)
 
 
 def instantiate_callbacks(cfg: DictConfig) -> list[pl.Callback]:
@@ -141,12 +152,16 @@ def write_noise_artifacts(output_dir: Path, datamodule) -> None:
 def fit_results(trainer: pl.Trainer) -> dict[str, Any]:
     """The history of every epoch, each result metric's last measured value, and the last checkpoint."""
     history = next((cb.history for cb in trainer.callbacks if isinstance(cb, EpochHistory)), [])
+    last = [cb for cb in trainer.checkpoint_callbacks if cb.monitor is None]  # with no monitor, "best" is the latest
+    return {**history_results(history), "world_size": trainer.world_size,
+            "checkpoint/last": last[0].best_model_path if last else ""}
+
+
+def history_results(history: list[dict[str, float]]) -> dict[str, Any]:
+    """The history of every epoch and each result metric's (and every diag/ key's) last measured value."""
     latest = {k: v for row in history for k, v in row.items()}
     results = {k: v for k, v in latest.items() if k in RESULT_METRICS or k.startswith("diag/")}
-    last = [cb for cb in trainer.checkpoint_callbacks if cb.monitor is None]  # with no monitor, "best" is the latest
-    results.update({"history": history, "world_size": trainer.world_size,
-                    "checkpoint/last": last[0].best_model_path if last else ""})
-    return results
+    return {**results, "history": history}
 
 
 def test_results(trainer: pl.Trainer, module, datamodule, test_best: bool,
