@@ -392,3 +392,24 @@ def test_versus_a_setting_run_at_one_rate_only_does_not_win(tmp_path):
     _, diffs = report.paired_differences(report.jobs_table(report.read_jobs([root])), "fixed")
     annealed = diffs[diffs["policy"] == "annealed"]
     assert len(annealed) == 1 and annealed["test/acc_mean"].item() > 0 and not annealed["wins"].item()
+
+
+def test_a_setting_typed_two_ways_is_one_setting(tmp_path):
+    """A multirun records ``data.verify=False``, a single run ``data.verify=false``: the same setting, averaged."""
+    root = tmp_path / "sweep"
+    for num, (seed, typed) in enumerate([(0, "False"), (1, "false")]):
+        make_job(root, num, "fixed", 0.4, seed, acc=0.5 + 0.1 * seed, ece=0.1, nll=1.0,
+                 overrides=["smoothing=fixed", "noise.rate=0.4", f"seed={seed}", f"data.verify={typed}",
+                            "optimizer.lr=0.10" if seed else "optimizer.lr=0.1"])
+    summary = report.summarize(report.jobs_table(report.read_jobs([root])))
+    assert len(summary) == 1 and summary["n"].item() == 2 and summary["test/acc_mean"].item() == pytest.approx(0.55)
+
+
+def test_versus_ranks_the_baseline_variants_on_their_common_seeds(tmp_path):
+    """ε = 0.2 is best on seeds 0 and 1; a third seed of ε = 0.6 alone, however good, must not turn the choice."""
+    root = versus_sweep(tmp_path / "sweep")
+    make_job(root, 100, "fixed", 0.4, 7, acc=0.5, ece=0.1, nll=1.0, settings={"eps": 0.6},
+             extra={"val/acc_best": 0.99, "test/ts_ece": 0.05})  # mean over all seeds: 0.76 > 0.70
+    table = report.jobs_table(report.read_jobs([root]))
+    chosen = report.best_variants(table, "fixed", report.varying_settings(table))
+    assert dict(zip(chosen["rate"], chosen["setting:smoothing/eps"])) == {0.4: "0.2", 0.6: "0.6"}

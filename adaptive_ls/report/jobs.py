@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import pandas as pd
+import yaml
 
 # The table's metrics: results.json key -> (title in report.md, scale in report.md); report.csv keeps raw values.
 METRICS = {
@@ -150,6 +151,15 @@ def setting_text(value) -> str:
     return "" if value is None else str(value)
 
 
+def override_value(text: str) -> str:
+    """A command-line value as a key: ``false``, ``False`` (how a multirun records it) and ``0.10`` read as the values
+    they mean, so one setting typed two ways is one setting."""
+    try:
+        return setting_text(yaml.safe_load(text))
+    except yaml.YAMLError:
+        return text
+
+
 def short_value(value) -> str:
     """A setting for display: numbers to 4 significant digits."""
     try:
@@ -174,9 +184,9 @@ def override_settings(overrides: list[str], results: dict[str, Any]) -> dict[str
         if group in CHOICE_GROUPS:
             name = f"{group}/{param.split('.')[0]}"
             if param and not param.startswith("_") and name not in results and name not in NOT_SETTINGS:
-                settings[f"{group}/{param}"] = value
+                settings[f"{group}/{param}"] = override_value(value)
             continue  # the choice names the row; settings results.json records are read from there
-        settings[key] = value
+        settings[key] = override_value(value)
     return settings
 
 

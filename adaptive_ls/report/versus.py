@@ -1,7 +1,8 @@
 """Does a policy beat the best-tuned baseline? Paired differences against the baseline chosen on noisy validation.
 
 For each noise setting (kind, rate) the baseline is the variant of one policy (e.g. ``fixed`` over its ε grid) with
-the highest mean ``val/acc_best``: the noisy validation split, never the test set, picks it. Every other variant is
+the highest mean ``val/acc_best`` on the seeds all its variants ran: the noisy validation split, never the test set,
+picks it. Every other variant is
 then compared with it job by job, paired on (seed, noise_seed) so that both saw the same noisy labels and the same
 initial weights, and a difference is given as the mean ± sample standard deviation over the pairs. A variant "wins"
 when it ran at every noise setting the baseline ran at and its mean test-accuracy difference is positive at each: one
@@ -35,9 +36,20 @@ def best_variants(table: pd.DataFrame, policy: str, settings: Sequence[str], by:
     if rows.empty:
         raise ValueError(f"--baseline {policy}: no completed job of that policy; the sweep has "
                          f"{', '.join(sorted(set(table['policy']))) or 'none'}")
+    rows = pd.concat([_common_seeds(cell, settings) for _, cell in rows.groupby(SETTING_KEYS, sort=False)])
     means = rows.groupby(KEYS + list(settings), sort=False)[by].agg(["mean", "size"]).reset_index()
     best = means.loc[means.groupby(SETTING_KEYS, sort=False)["mean"].idxmax()]
     return best.rename(columns={"mean": by, "size": "n"}).reset_index(drop=True)
+
+
+def _common_seeds(cell: pd.DataFrame, settings: Sequence[str]) -> pd.DataFrame:
+    """The jobs of a noise setting on the (seed, noise_seed) pairs every variant ran, so that a variant run with an
+    extra seed is not ranked on different noisy labels than the others (all jobs when no pair is common)."""
+    seeds = [set(zip(v["seed"], v["noise_seed"])) for _, v in cell.groupby(["policy", *settings], sort=False)]
+    common = set.intersection(*seeds) if seeds else set()
+    if not common:
+        return cell
+    return cell[[pair in common for pair in zip(cell["seed"], cell["noise_seed"])]]
 
 
 def paired_differences(table: pd.DataFrame, baseline: str, by: str = SELECT_BY) -> tuple[pd.DataFrame, pd.DataFrame]:
