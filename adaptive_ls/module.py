@@ -8,7 +8,7 @@ from __future__ import annotations
 import inspect
 import math
 from functools import partial
-from typing import Callable, Mapping, NamedTuple, Optional, TypedDict
+from typing import Callable, Mapping, NamedTuple, Optional, Sequence, TypedDict
 
 import pytorch_lightning as pl
 import torch
@@ -197,12 +197,13 @@ def log_epoch_metrics(module: pl.LightningModule, metrics: Mapping[str, Metric],
         module.log(prefix + name, metric, on_step=False, on_epoch=True, prog_bar=name in prog_bar)
 
 
-def tta_logits(forward: Callable[[Tensor], Tensor], images: Tensor, eval_tta: str) -> Tensor:
-    """Logits for evaluation: of the images, or (``eval_tta="hflip"``) averaged with their mirror images' (the
-    last dimension is the width)."""
+def tta_logits(forward: Callable, images: Tensor | Sequence[Tensor], eval_tta: str) -> Tensor:
+    """Logits for evaluation: of the images (a tensor, or a stack's tensors, one per member), or
+    (``eval_tta="hflip"``) averaged with their mirror images' (the last dimension is the width)."""
     logits = forward(images)
     if eval_tta == "hflip":
-        logits = 0.5 * (logits + forward(images.flip(-1)))
+        mirrored = images.flip(-1) if isinstance(images, Tensor) else [x.flip(-1) for x in images]
+        logits = 0.5 * (logits + forward(mirrored))
     return logits
 
 

@@ -1,9 +1,10 @@
 """A stack of jobs (adaptive_ls.stacking) trains each member exactly as its single job: weights, BatchNorm statistics,
 policy state, eval outputs and metrics, against LabelSmoothingClassifier runs of the same settings.
 
-The member-vs-single checks run the nets in float64 (a first layer casts the images), so that the float rounding in
-which vmap's backward differs from a single net's (~1e-7 in float32, amplified by training) stays far below the
-tolerances; the float32 and bf16 gaps are measured and printed by their own test.
+Both executions are checked. vmap: the member-vs-single checks run the nets in float64 (a first layer casts the
+images), so that the float rounding in which vmap's backward differs from a single net's (~1e-7 in float32, amplified
+by training) stays far below the tolerances; the float32 and bf16 gaps are measured and printed by their own test.
+loop (the CPU's default): each member runs its single net's own computation, so it is checked bitwise in float32.
 """
 from __future__ import annotations
 
@@ -29,7 +30,7 @@ from adaptive_ls.stacking import (
     StackedNet,
     clip_grad_norm_per_member,
     member_metrics,
-    stack_images,
+    member_images,
 )
 
 WIDTH = 4  # small_cnn channels: BatchNorm in every block, a fraction of a second per epoch on digits
@@ -109,7 +110,7 @@ def by_hand(module, batch_list, autocast: bool = False) -> list:
     return outputs
 
 
-def train_by_hand(members, steps: int, dtype: torch.dtype, autocast: bool = False):
+def train_by_hand(members, steps: int, dtype: torch.dtype, autocast: bool = False, execution: str = "vmap"):
     """Each member alone (LabelSmoothingClassifier) and all together (StackedClassifier), ``steps`` steps on the same
     batches; returns (singles, their outputs, stack, its outputs, validation batches)."""
     data = [member_batches(member, steps) for member in members]
@@ -120,8 +121,8 @@ def train_by_hand(members, steps: int, dtype: torch.dtype, autocast: bool = Fals
         module.smoothing.setup(datamodule.num_train_total, 10)
         single_outputs.append(by_hand(module, batches, autocast))
         singles.append(module)
-    stack = StackedClassifier(StackedNet([build_net(m.seed, dtype) for m in members]), [m.policy() for m in members],
-                              OPTIMIZER, channels_last=False)
+    stack = StackedClassifier(StackedNet([build_net(m.seed, dtype) for m in members], execution),
+                              [m.policy() for m in members], OPTIMIZER, channels_last=False)
     for policy, (datamodule, _, _) in zip(stack.smoothing, data):
         policy.setup(datamodule.num_train_total, 10)
     stack_outputs = by_hand(stack, [list(step) for step in zip(*(batches for _, batches, _ in data))], autocast)
@@ -137,16 +138,18 @@ def member_gaps(singles, single_outputs, stack, stack_outputs, val_batches) -> d
     policy = max(max_gap(stack.smoothing[i].state_dict(), s.smoothing.state_dict()) for i, s in enumerate(singles))
     stack.eval()
     with torch.no_grad():
-        stacked_eval = stack.eval_logits(stack_images(val_batches))
+        stacked_eval = stack.eval_logits(member_images(val_batches))
         single_eval = [s.eval().eval_logits(images) for s, (images, _, _) in zip(singles, val_batches)]
     evaluation = max((stacked_eval[i] - logits_i).abs().max().item() for i, logits_i in enumerate(single_eval))
     return {"train logits": logits, "weights and buffers": state, "policy state": policy, "eval logits": evaluation}
 
 
-def test_members_step_exactly_as_their_single_jobs_in_float64():
-    singles, single_outputs, stack, stack_outputs, val = train_by_hand(MEMBERS, steps=6, dtype=torch.float64)
+@pytest.mark.parametrize("execution", ["vmap", "loop"])
+def test_members_step_exactly_as_their_single_jobs_in_float64(execution):
+    singles, single_outputs, stack, stack_outputs, val = train_by_hand(MEMBERS, steps=6, dtype=torch.float64,
+                                                                       execution=execution)
     gaps = member_gaps(singles, single_outputs, stack, stack_outputs, val)
-    print("float64 stack vs single jobs, 6 steps:", {k: f"{v:.1e}" for k, v in gaps.items()})
+    print(f"float64 {execution} stack vs single jobs, 6 steps:", {k: f"{v:.1e}" for k, v in gaps.items()})
     assert all(gap < 1e-6 for gap in gaps.values()), gaps
     # the steps did move what must match: weights, running statistics, the per-sample memories
     for i, single in enumerate(singles):
@@ -161,9 +164,16 @@ def test_members_step_exactly_as_their_single_jobs_in_float64():
         assert output["loss"].item() == pytest.approx(total.item(), abs=1e-9)
 
 
+def test_looped_members_step_as_their_single_jobs_bitwise_in_float32():
+    """execution=loop: every member's logits, weights, BatchNorm statistics and policy memory after 10 optimizer
+    steps are exactly its single job's."""
+    gaps = member_gaps(*train_by_hand(MEMBERS, steps=10, dtype=torch.float32, execution="loop"))
+    assert gaps == {"train logits": 0.0, "weights and buffers": 0.0, "policy state": 0.0, "eval logits": 0.0}
+
+
 def test_float32_and_bf16_autocast_gaps_are_rounding(capsys):
-    """Measured, printed: the forward pass is the members' own, vmap's backward rounds differently, and training
-    amplifies the difference step by step."""
+    """Measured, printed (execution=vmap): the forward pass is the members' own, vmap's backward rounds differently,
+    and training amplifies the difference step by step."""
     results, singles = {}, {}
     for name, autocast in (("float32", False), ("bf16 autocast", True)):
         run = train_by_hand(MEMBERS, steps=10, dtype=torch.float32, autocast=autocast)
@@ -191,10 +201,10 @@ def fit_single(member: Member, dtype: torch.dtype, **options):
     return metrics, fit.test(module, datamodule=datamodule, verbose=False)[0], module, datamodule
 
 
-def fit_stack(members, dtype: torch.dtype, **options):
+def fit_stack(members, dtype: torch.dtype, execution: str = "vmap", **options):
     """The members as one stack: per member its metrics after fitting and its test results; the stack."""
-    stack = StackedClassifier(StackedNet([build_net(m.seed, dtype) for m in members]), [m.policy() for m in members],
-                              OPTIMIZER, SCHEDULE, **options)
+    stack = StackedClassifier(StackedNet([build_net(m.seed, dtype) for m in members], execution),
+                              [m.policy() for m in members], OPTIMIZER, SCHEDULE, **options)
     datamodule, fit = StackedDataModule([m.datamodule() for m in members]), trainer()
     fit.fit(stack, datamodule=datamodule)
     metrics = {k: float(v) for k, v in fit.callback_metrics.items()}
@@ -203,9 +213,10 @@ def fit_stack(members, dtype: torch.dtype, **options):
             [member_metrics(tested, name) for name in stack.names], stack)
 
 
-def test_a_short_stacked_run_matches_single_runs():
+@pytest.mark.parametrize("execution", ["vmap", "loop"])
+def test_a_short_stacked_run_matches_single_runs(execution):
     options = dict(norm_bias_lr_scale=4.0, channels_last=False)  # BatchNorm shifts in a group of their own
-    stacked, stacked_tests, stack = fit_stack(MEMBERS, torch.float64, **options)
+    stacked, stacked_tests, stack = fit_stack(MEMBERS, torch.float64, execution, **options)
     for i, member in enumerate(MEMBERS):
         metrics, tested, single, datamodule = fit_single(member, torch.float64, **options)
         assert set(stacked[i]) == set(metrics)  # the names its single run logs: train/, smoothing/, val/
@@ -224,24 +235,27 @@ def test_a_short_stacked_run_matches_single_runs():
     assert len({round(m["val/nll"], 6) for m in stacked}) == len(MEMBERS)  # the members did differ
 
 
-def test_a_stack_of_one_is_its_single_job_exactly():
-    """float32 and the module's defaults (channels_last): bitwise the same weights and metrics."""
-    member = MEMBERS[1]
-    (stacked,), (stacked_test,), stack = fit_stack([member], torch.float32)
-    metrics, tested, single, _ = fit_single(member, torch.float32)
-    assert stacked == metrics and stacked_test == tested
-    state, expected = stack.net.member_state_dict(0), single.net.state_dict()
-    assert set(state) == set(expected) and all(torch.equal(state[k], expected[k]) for k in expected)
-    assert all(torch.equal(a, b) for a, b in zip(stack.smoothing[0].state_dict().values(),
-                                                 single.smoothing.state_dict().values()))
+@pytest.mark.parametrize("members, execution", [(MEMBERS[1:2], "vmap"), (MEMBERS, "loop")],
+                         ids=["a stack of one", "a looped stack of three"])
+def test_a_stack_of_one_or_a_looped_stack_is_its_single_jobs_exactly(members, execution):
+    """float32 and the module's defaults (channels_last): bitwise the same weights, metrics and policy state."""
+    stacked, stacked_tests, stack = fit_stack(members, torch.float32, execution)
+    for i, member in enumerate(members):
+        metrics, tested, single, _ = fit_single(member, torch.float32)
+        assert stacked[i] == metrics and stacked_tests[i] == tested
+        state, expected = stack.net.member_state_dict(i), single.net.state_dict()
+        assert set(state) == set(expected) and all(torch.equal(state[k], expected[k]) for k in expected)
+        assert all(torch.equal(a, b) for a, b in zip(stack.smoothing[i].state_dict().values(),
+                                                     single.smoothing.state_dict().values()))
 
 
 # -- the parts -------------------------------------------------------------------------------------------------------
 
 
-def test_member_state_dicts_are_single_nets():
+@pytest.mark.parametrize("execution", ["vmap", "loop"])
+def test_member_state_dicts_are_single_nets(execution):
     nets = [build_net(seed, torch.float32) for seed in (0, 1)]
-    stack = StackedNet(copy.deepcopy(nets)).eval()
+    stack = StackedNet(copy.deepcopy(nets), execution).eval()
     x = torch.randn(2, 5, 1, 8, 8)
     for i, net in enumerate(nets):
         plain = build_net(7, torch.float32).eval()
@@ -318,6 +332,8 @@ def test_bad_stacks_are_refused():
         StackedNet([net, net])
     with pytest.raises(ValueError, match=r"members\[1\] differs from members\[0\]"):
         StackedNet([net, small_cnn(10, 1, width=WIDTH + 1)])
+    with pytest.raises(ValueError, match="execution='grouped': allowed are auto, vmap, loop"):
+        StackedNet([net, build_net(1, torch.float32)], execution="grouped")
     with pytest.raises(ValueError, match="momentum=None"):
         StackedNet([nn.BatchNorm2d(3, momentum=None), nn.BatchNorm2d(3, momentum=None)])
     stack = StackedNet([net, build_net(1, torch.float32)])
