@@ -4,7 +4,8 @@
 is built, before the data loads, so a job that fails early still shows up with its config; it names and groups the
 run after the job and its sweep; it keeps the run id in ``<job>/wandb/run_id`` so that a resumed job continues its
 run; and :func:`finishing` finishes it once, with the job's exit code, whether the job succeeded or not (a multirun
-runs several jobs in one process, and Lightning's logger never finishes its run by itself).
+runs several jobs in one process, and Lightning's logger never finishes its run by itself). Runs of jobs trained
+together (``hydra/launcher=stacked``) are open side by side, each its own.
 
 Mode (``logger.wandb.mode``): ``auto`` is online when W&B credentials are available (``WANDB_API_KEY``,
 ``WANDB_IDENTITY_TOKEN_FILE`` or a ``.netrc`` entry for the W&B host, as ``wandb login`` writes), offline otherwise;
@@ -119,12 +120,18 @@ class JobWandbLogger(WandbLogger):
         super().__init__(name=name, save_dir=str(self.job_dir), id=run_id, project=project, log_model=log_model,
                          entity=entity, group=group, job_type=job_type, notes=notes, mode=self.mode,
                          tags=list(dict.fromkeys(t[:64] for t in all_tags)),  # W&B tags: unique, <= 64 characters
-                         reinit="finish_previous", settings=wandb.Settings(silent=True), **kwargs)
+                         reinit="create_new", settings=wandb.Settings(silent=True), **kwargs)
         self.info: dict[str, Any] = {}
         if self.mode != "disabled" and is_global_zero():
             self._start(entity)
 
     def _start(self, entity: Optional[str]) -> None:
+        import wandb
+
+        if wandb.run is not None:  # another job's run is open (a stack's members log side by side), which
+            self._experiment = wandb.init(**self._wandb_init)  # Lightning's logger would take over: a run of its own
+            self._experiment.define_metric("trainer/global_step")  # Lightning's x-axis, as it sets it
+            self._experiment.define_metric("*", step_metric="trainer/global_step", step_sync=True)
         run = self.experiment  # starts the run now: a job that fails from here on shows up, marked failed
         id_file = self.job_dir / RUN_ID_FILE
         id_file.parent.mkdir(parents=True, exist_ok=True)
