@@ -2,19 +2,20 @@
 writes it: what ``hydra/launcher=stacked`` (hydra_plugins/adaptive_ls_stacked) runs.
 
 Each job is prepared in its own folder as :func:`adaptive_ls.train.run` starts (settings checked, data loaded,
-``noisy_labels.npy``, ``results.json`` with status running); then the stack trains, and each member's weights go back
-into its own :class:`~adaptive_ls.module.LabelSmoothingClassifier`, which is tested and calibrated by the single run's
-code, so ``results.json`` holds what a single run's does and ``adaptive-ls-report`` reads the sweep as any other.
+``noisy_labels.npy``, ``results.json`` with status running, its callbacks built); then its loggers start (its own W&B
+run, its CSV log) and the stack trains, each member's metrics going to its own loggers (:class:`MemberLogger`).
+Each member's checkpoints are a single job's Lightning checkpoints (:class:`MemberCheckpoints`), and at the end its
+weights go back into its own :class:`~adaptive_ls.module.LabelSmoothingClassifier`, which is tested and calibrated
+by the single run's code with its own trainer, callbacks and loggers: ``results.json`` holds what a single run's does
+and ``adaptive-ls-report`` reads the sweep as any other.
 
 Jobs stack when their configs differ only in :data:`MEMBER_KEYS`; :func:`stack_refusal` names what keeps a job out
 of any stack; members that turn out not to fit one (:class:`StackRefused`, before the first step) run alone.
 
-Each member's best epoch is kept as a state dict (``checkpoints/best-epoch*.pt``) and tested as a single run tests
-its best checkpoint. The stack's own last checkpoint (``checkpoints/stack-last.ckpt`` in its first member's folder)
-continues an interrupted stack when the sweep is run again with the same members and settings. A member whose
-training loss turns NaN/inf is marked failed; the others train on unharmed (each member's gradient is its own).
-Not kept from a single run yet: per-job Lightning checkpoints, the loggers (CSV, W&B) and the callbacks other than
-the history and the noise diagnostics (NaN guard, signals, W&B media).
+Faults: a member whose training loss turns NaN/inf fails alone and the others go on (:class:`MemberFailures`). The
+stack's own last checkpoint (``checkpoints/stack-last.ckpt`` in its first member's folder) continues an interrupted
+stack when the sweep is run again with the same members and settings; a signal (SIGTERM, Ctrl-C) stops the stack at
+the next step, records every member as interrupted and ends the sweep, as it does a single job.
 """
 from __future__ import annotations
 
@@ -23,16 +24,20 @@ import json
 import logging
 import math
 import time
-from contextlib import ExitStack
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any, Callable, Iterator, Optional, Sequence
 
+import hydra
+import torch
 from omegaconf import DictConfig, OmegaConf
-
 from pytorch_lightning import Callback
+from pytorch_lightning.loggers import Logger
+from torch import Tensor
 
 from adaptive_ls.callbacks import PeriodicMetrics
+from adaptive_ls.errors import NonFiniteLossError
 
 log = logging.getLogger(__name__)
 
@@ -40,7 +45,7 @@ log = logging.getLogger(__name__)
 MEMBER_KEYS = ("seed", "noise_seed", "noise", "smoothing")
 STACK_MARKER = "stack.json"  # in each member's folder: the stack it was trained in
 STACK_CHECKPOINT = "stack-last"  # the stack's last checkpoint, in its first member's checkpoints/ folder
-# conf/callbacks/default.yaml: a stack keeps the history, the diagnostics and the best epoch of them (and refuses
+# conf/callbacks/default.yaml: what a stack does for each member as its single run's callbacks would (and it refuses
 # a job with any other callback, whose effect it could not reproduce).
 KNOWN_CALLBACKS = ("best_checkpoint", "last_checkpoint", "diagnostics", "history", "nan_guard", "progress_bar",
                    "signals", "wandb_media")
@@ -91,12 +96,17 @@ class StackRefused(Exception):
 
 @dataclass
 class Member:
-    """One job of a stack, prepared in its own folder: its config, built objects and results so far."""
+    """One job of a stack, prepared in its own folder: its config, built objects, loggers and results so far."""
 
     cfg: DictConfig
     datamodule: Any
     module: Any
     results: dict[str, Any]
+    callbacks: list = field(default_factory=list)  # its conf/callbacks, as its single run builds them
+    hydra: Any = None  # Hydra's config of its job, where it was prepared in one
+    loggers: list = field(default_factory=list)  # started when the stack trains (member_loggers)
+    finished: bool = False  # its results are written and its logger runs ended
+    global_step: int = 0  # where training ended: its test metrics are logged at this step
     start: float = field(default_factory=time.time)
 
     @property
@@ -106,13 +116,16 @@ class Member:
 
 def prepare_member(cfg: DictConfig, locks: ExitStack) -> Member:
     """As a single run starts: check the settings, refuse a folder with a run in it, load the data, write the noisy
-    labels and results.json (running). Takes the folder's lock into ``locks``. Raises where the job must run alone."""
+    labels and results.json (running), build the callbacks. Takes the folder's lock into ``locks``. Raises where the
+    job must run alone."""
+    from hydra.core.hydra_config import HydraConfig
+
     from adaptive_ls.config import build_run
     from adaptive_ls.errors import OutputDirError
     from adaptive_ls.jsonio import write_json
     from adaptive_ls.resume import plan_resume
     from adaptive_ls.run_lock import run_lock
-    from adaptive_ls.train import initial_results, load_data, write_noise_artifacts
+    from adaptive_ls.train import initial_results, instantiate_callbacks, load_data, write_noise_artifacts
 
     cfg = copy.deepcopy(cfg)
     OmegaConf.resolve(cfg)  # its ${hydra:...} values: the stack trains after Hydra has left this job
@@ -122,10 +135,12 @@ def prepare_member(cfg: DictConfig, locks: ExitStack) -> Member:
     if plan_resume(cfg) is not None:
         raise OutputDirError(f"paths.output_dir={output_dir} holds an interrupted run: it resumes alone")
     results = initial_results(cfg, datamodule)
+    callbacks = instantiate_callbacks(cfg)
     results.update(load_data(cfg, datamodule))
     write_noise_artifacts(output_dir, datamodule)
     write_json(output_dir / "results.json", results)
-    return Member(cfg, datamodule, module, results)
+    hydra_cfg = HydraConfig.instance().cfg if HydraConfig.initialized() else None
+    return Member(cfg, datamodule, module, results, callbacks, hydra_cfg)
 
 
 def stacked_classifier(members: Sequence[Member]):
@@ -199,76 +214,232 @@ class MemberDiagnostics(PeriodicMetrics):
         self.diagnostics.on_train_epoch_end(*self._views(trainer, pl_module))
 
 
-class MemberBest(Callback):
-    """Each member's weights at its best epoch by its ``callbacks.best_checkpoint`` monitor and mode, kept as the
-    single run's best checkpoint is taken (after the epoch's validation; a tie keeps the earlier epoch)."""
+class MemberLogger(Logger):
+    """One member's logger inside a stack. The stack logs each member's metrics under ``<name>/``; the member's own
+    logger (its CSV or W&B logger, built from its config) gets only its member's, named as its single run names
+    them, and the keys no member owns (``epoch``). Nothing once the member has failed."""
 
-    def __init__(self, monitor: str, mode: str):
-        if mode not in ("max", "min"):
-            raise ValueError(f"callbacks.best_checkpoint.mode={mode!r}: allowed are max, min")
-        self.monitor, self.mode = monitor, mode
-        self.best: dict[int, tuple[float, int, dict]] = {}  # member -> (value, epoch, state dict on the CPU)
+    def __init__(self, logger: Logger, name: str, names: Sequence[str], failed: Callable[[], bool]):
+        super().__init__()
+        self.logger, self.prefix, self.failed = logger, f"{name}/", failed
+        self.others = tuple(f"{other}/" for other in names if other != name)
 
-    def better(self, value: float, i: int) -> bool:
-        if not math.isfinite(value):
-            return False
-        if i not in self.best:
-            return True
-        return value > self.best[i][0] if self.mode == "max" else value < self.best[i][0]
+    @property
+    def name(self):
+        return self.logger.name
+
+    @property
+    def version(self):
+        return self.logger.version
+
+    @property
+    def save_dir(self):
+        return self.logger.save_dir
+
+    @property
+    def log_dir(self):
+        return getattr(self.logger, "log_dir", self.logger.save_dir)
+
+    def log_metrics(self, metrics: dict, step: Optional[int] = None) -> None:
+        if self.failed() or not any(key.startswith(self.prefix) for key in metrics):
+            return
+        own = {key[len(self.prefix):] if key.startswith(self.prefix) else key: value
+               for key, value in metrics.items() if not key.startswith(self.others)}
+        self.logger.log_metrics(own, step)
+
+    def log_hyperparams(self, params, *args, **kwargs) -> None:
+        pass  # the member's own job config went in when its loggers were built (member_loggers)
+
+    def save(self) -> None:
+        self.logger.save()
+
+    def finalize(self, status: str) -> None:
+        self.logger.finalize(status)
+
+
+def member_loggers(member: "Member") -> list:
+    """The member's loggers as its single run builds them (its W&B run starts here), its config logged to them."""
+    from adaptive_ls.config import instantiate_group
+    from adaptive_ls.train import job_config
+
+    with member_hydra(member):
+        loggers = list(instantiate_group(member.cfg, "logger").values())
+        for logger in loggers:
+            logger.log_hyperparams(job_config(member.cfg))
+    return loggers
+
+
+@contextmanager
+def member_hydra(member: "Member") -> Iterator[None]:
+    """Hydra's view of the member's own job (its number, its sweep), as when it was prepared: its W&B run is named
+    and grouped, and its config logged, as its single run's."""
+    from hydra.core.hydra_config import HydraConfig
+
+    instance = HydraConfig.instance()
+    previous, instance.cfg = instance.cfg, member.hydra if member.hydra is not None else instance.cfg
+    try:
+        yield
+    finally:
+        instance.cfg = previous
+
+
+def member_checkpoint(stack_checkpoint: dict, stack, index: int, member: "Member", history: list[dict],
+                      callbacks: Sequence[Callback]) -> dict:
+    """Member ``index``'s Lightning checkpoint as its single run's trainer writes it, cut from the stack's: its
+    weights and policy state, its slices of the optimizer state (elementwise, so a single job's), the loops and
+    schedule (the members step together), the states of its checkpoint and history callbacks, and its settings for
+    :func:`~adaptive_ls.resume.plan_resume`."""
+    from adaptive_ls.callbacks import EpochHistory
+    from adaptive_ls.resume import RunState
+
+    size = stack.num_members
+
+    def own(value):
+        return value[index].clone() if isinstance(value, Tensor) and value.ndim and value.shape[0] == size else value
+
+    checkpoint = {key: stack_checkpoint[key] for key in ("epoch", "global_step", "pytorch-lightning_version", "loops",
+                                                         "lr_schedulers") if key in stack_checkpoint}
+    checkpoint["state_dict"] = stack.member_state_dict(index)
+    checkpoint["optimizer_states"] = [
+        {"state": {i: {k: own(v) for k, v in state.items()} for i, state in optimizer["state"].items()},
+         "param_groups": copy.deepcopy(optimizer["param_groups"])} for optimizer in stack_checkpoint["optimizer_states"]]
+    module = member.module
+    if module.hparams:
+        checkpoint.update(hparams_name=getattr(module, "_hparams_name", "kwargs"),
+                          hyper_parameters=dict(module.hparams))
+    history_callback = EpochHistory()
+    history_callback.history = history
+    checkpoint["callbacks"] = {cb.state_key: cb.state_dict() for cb in (*callbacks, history_callback)}
+    RunState(OmegaConf.to_container(member.cfg, resolve=True), member.results["noise/labels_hash"]) \
+        .on_save_checkpoint(None, None, checkpoint)
+    return checkpoint
+
+
+class MemberCheckpoints(Callback):
+    """Each member's checkpoints as its single run's ``callbacks.best_checkpoint`` and ``last_checkpoint`` write them:
+    ``best-epoch<E>.ckpt`` when the member's monitored metric improved (after the epoch's validation; a tie keeps
+    the earlier epoch; the previous best is removed, as ``save_top_k: 1``), and ``last.ckpt`` after the last epoch
+    only: a job folder with a last.ckpt and no completed results is an interrupted single run (it continues alone),
+    while an interrupted stack continues from its own checkpoint.
+    Each file is a single job's Lightning checkpoint (:func:`member_checkpoint`): it loads into the member's
+    LabelSmoothingClassifier, tests, and continues as that job. The member's ModelCheckpoint callbacks, built from
+    its config, hold the paths and scores, so the single run's code tests the best one."""
+
+    def __init__(self, members: Sequence["Member"], history):
+        from pytorch_lightning.callbacks import ModelCheckpoint
+
+        self.members, self.history = list(members), history
+        self.checkpoints = [[cb for cb in m.callbacks if isinstance(cb, ModelCheckpoint)] for m in self.members]
+        for checkpoints in self.checkpoints:
+            for cb in checkpoints:
+                if cb.monitor is not None and cb.mode not in ("max", "min"):
+                    raise ValueError(f"callbacks.best_checkpoint.mode={cb.mode!r}: allowed are max, min")
 
     def state_dict(self) -> dict:
-        return {"best": self.best}
+        return {"members": [[cb.state_dict() for cb in checkpoints] for checkpoints in self.checkpoints]}
 
     def load_state_dict(self, state_dict: dict) -> None:
-        self.best = dict(state_dict["best"])
+        for checkpoints, states in zip(self.checkpoints, state_dict["members"]):
+            for cb, state in zip(checkpoints, states):
+                cb.load_state_dict(state)
 
-    def on_train_epoch_end(self, trainer, pl_module) -> None:
-        for i, name in enumerate(pl_module.names):
-            value = trainer.callback_metrics.get(f"{name}/{self.monitor}")
-            if value is not None and self.better(float(value), i):
-                state = {k: v.detach().cpu() if hasattr(v, "detach") else v
-                         for k, v in pl_module.member_state_dict(i).items()}
-                self.best[i] = (float(value), trainer.current_epoch, state)
+    def on_train_epoch_end(self, trainer, stack) -> None:
+        improved, last = [], final_epoch(trainer)
+        for i, (name, checkpoints) in enumerate(zip(stack.names, self.checkpoints)):
+            for cb in checkpoints:
+                value = trainer.callback_metrics.get(f"{name}/{cb.monitor}") if cb.monitor else None
+                if value is not None and not bool(stack.failed[i]) and better(cb, float(value)):
+                    improved.append((i, cb, float(value)))
+        if not improved and not last:
+            return
+        stack_checkpoint = trainer._checkpoint_connector.dump_checkpoint(weights_only=False)
+        writes = []  # (member, path, file to remove): each callback's state set first, as ModelCheckpoint does
+        for i, cb, value in improved:
+            previous = cb.best_model_path
+            metrics = {"epoch": trainer.current_epoch, "step": trainer.global_step, cb.monitor: value}
+            path, score = Path(cb.format_checkpoint_name(metrics)), torch.tensor(value)
+            cb.best_model_path, cb.best_model_score, cb.current_score = str(path), score, score
+            cb.best_k_models, cb.kth_best_model_path, cb.kth_value = {str(path): score}, str(path), score
+            writes.append((i, path, previous if previous and previous != str(path) else None))
+        for i, checkpoints in enumerate(self.checkpoints):  # last.ckpt after the last epoch (none for a failed one)
+            for cb in (c for c in checkpoints if last and c.monitor is None and not bool(stack.failed[i])):
+                path = Path(cb.format_checkpoint_name({"epoch": trainer.current_epoch, "step": trainer.global_step}))
+                cb.best_model_path = cb.last_model_path = str(path)
+                writes.append((i, path, None))
+        for i, path, stale in writes:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            history = member_history(self.history.history, stack.names[i])
+            trainer.strategy.checkpoint_io.save_checkpoint(  # the trainer's (atomic) writer, as ModelCheckpoint's
+                member_checkpoint(stack_checkpoint, stack, i, self.members[i], history, self.checkpoints[i]), path)
+            if stale is not None:
+                Path(stale).unlink(missing_ok=True)
 
 
-def member_best(members: Sequence[Member]) -> Optional[MemberBest]:
-    """The best-epoch keeper, where the members test their best epoch (``test_best`` and a best checkpoint)."""
-    cfg = members[0].cfg
-    node = OmegaConf.select(cfg, "callbacks.best_checkpoint", default=None)
-    if not cfg.get("test_best", True) or node is None or node.get("monitor") is None:
-        return None
-    return MemberBest(str(node.monitor), str(node.get("mode", "min")))
+def final_epoch(trainer) -> bool:
+    """Whether the epoch ending now is the fit's last (``max_epochs`` or ``max_steps`` reached)."""
+    by_steps = 0 < (trainer.max_steps or -1) <= trainer.global_step
+    return trainer.current_epoch + 1 >= (trainer.max_epochs or math.inf) or by_steps
 
 
-def save_best(member: Member, best: tuple[float, int, dict]) -> Path:
-    """A member's best weights as its LabelSmoothingClassifier state dict, named as its single run's checkpoint."""
-    import torch
+def better(checkpoint, value: float) -> bool:
+    """Whether ``value`` of ``checkpoint``'s monitor beats its best so far (a tie keeps the earlier epoch)."""
+    if not math.isfinite(value):
+        return False
+    best = checkpoint.best_model_score
+    if best is None or not checkpoint.best_model_path:
+        return True
+    return value > float(best) if checkpoint.mode == "max" else value < float(best)
 
-    path = member.output_dir / "checkpoints" / f"best-epoch{best[1]:03d}.pt"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    torch.save({"state_dict": best[2], "epoch": best[1], "monitor_value": best[0]}, path)
-    return path
+
+class MemberFailures(Callback):
+    """A member whose training loss turns NaN/inf fails alone, as its single run's NaN guard would stop it: flagged
+    on the device at each step (no host sync), read once per epoch before the epoch's checkpoints; the member is
+    then dropped from the stack's loss, logs and checkpoints, its results.json says failed and its logger runs end.
+    The others train on unharmed (each member's gradient is its own)."""
+
+    def __init__(self, members: Sequence["Member"], history):
+        self.members, self.history = list(members), history
+        self._bad: Optional[Tensor] = None
+
+    def on_train_epoch_start(self, trainer, stack) -> None:
+        self._bad = torch.zeros(stack.num_members, dtype=torch.bool, device=stack.device)
+
+    def on_train_batch_end(self, trainer, stack, outputs, batch, batch_idx: int) -> None:
+        if outputs is not None and self._bad is not None:
+            losses = torch.stack([output["loss"] for output in outputs["members"]])
+            self._bad |= ~torch.isfinite(losses)
+
+    def on_train_epoch_end(self, trainer, stack) -> None:
+        from adaptive_ls.train import history_results
+
+        if self._bad is None:
+            return
+        newly = (self._bad & ~stack.failed).nonzero().flatten().tolist()  # the one host sync, once per epoch
+        for i in newly:
+            stack.failed[i] = True
+            error = NonFiniteLossError(f"the training loss became NaN/inf in epoch {trainer.current_epoch} (a "
+                                       f"stack member: the others went on); try a lower optimizer.lr")
+            log.error("job %s failed: %s", self.members[i].output_dir, error)
+            self.members[i].results.update(history_results(member_history(self.history.history, stack.names[i])))
+            fail_member(self.members[i], error)
 
 
 def member_diagnostics(members: Sequence[Member], names: Sequence[str]) -> list:
-    """Each member's noise diagnostics as its config builds them (none where ``callbacks.diagnostics`` is null)."""
-    from adaptive_ls.config import instantiate_group
+    """Each member's noise diagnostics, its own callback (none where ``callbacks.diagnostics`` is null)."""
     from adaptive_ls.diagnostics import NoiseDiagnostics
 
-    built = []
-    for member, name in zip(members, names):
-        callbacks = instantiate_group(member.cfg, "callbacks").values()
-        built += [MemberDiagnostics(cb, member.datamodule, name) for cb in callbacks
-                  if isinstance(cb, NoiseDiagnostics)]
-    return built
+    return [MemberDiagnostics(cb, member.datamodule, name) for member, name in zip(members, names)
+            for cb in member.callbacks if isinstance(cb, NoiseDiagnostics)]
 
 
-def plain_trainer(cfg: DictConfig, callbacks: list, checkpointing: bool = False):
-    """The job's Trainer without its loggers (and without checkpoints unless a callback of ``callbacks`` writes
-    them)."""
+def member_trainer(member: "Member"):
+    """The member's own Trainer for its tests, as its single run's after fitting: its callbacks (checkpoints with
+    their paths, W&B media) and loggers, its logged step where the stack's training ended."""
     import hydra
 
-    return hydra.utils.instantiate(cfg.trainer, callbacks=callbacks, logger=False, enable_checkpointing=checkpointing)
+    trainer = hydra.utils.instantiate(member.cfg.trainer, callbacks=member.callbacks, logger=member.loggers or False)
+    trainer.fit_loop.epoch_loop._batches_that_stepped = member.global_step  # the step test metrics are logged at
+    return trainer
 
 
 def stack_identity(members: Sequence[Member]) -> dict[str, Any]:
@@ -303,83 +474,124 @@ def member_history(history: list[dict], name: str) -> list[dict]:
     return [{"epoch": row["epoch"], **member_metrics(row, name)} for row in history]
 
 
-def finite_training(history: list[dict]) -> bool:
-    """Whether the member's training loss stayed finite (a NaN member does not disturb the others' gradients)."""
-    return all(math.isfinite(row.get("train/loss", 0.0)) for row in history)
-
-
-def test_best_epoch(member: Member, trainer, best: Optional[MemberBest], index: int) -> dict[str, Any]:
-    """``test/acc_at_best_val`` of the member's best epoch, as a single run's test of its best checkpoint."""
-    if best is None or index not in best.best:
-        return {}
-    path = save_best(member, best.best[index])
-    member.module.load_state_dict(best.best[index][2])
-    tested = trainer.test(member.module, datamodule=member.datamodule, verbose=False)[0]
-    return {"test/acc_at_best_val": float(tested["test/acc"]), "checkpoint/best": str(path),
-            "checkpoint/monitor": best.monitor}
-
-
-def finish_member(member: Member, stack, index: int, history: list[dict], names: list[str],
-                  best: Optional[MemberBest] = None) -> dict[str, Any]:
+def finish_member(member: Member, stack, index: int, history: list[dict], names: list[str]) -> dict[str, Any]:
     """Member ``index``'s results as its single run's: the stack's history of it, then its own module loaded with
-    its trained state, tested and calibrated by the single run's code (and its best epoch tested); writes
-    results.json and the stack marker."""
+    its trained state, tested, calibrated and its best checkpoint tested by the single run's code; writes
+    results.json and the stack marker, and ends its logger runs."""
     from adaptive_ls.jsonio import write_json
-    from adaptive_ls.train import history_results, test_results
+    from adaptive_ls.train import fit_results, history_results, test_results
 
-    results = member.results
-    own = member_history(history, stack.names[index])
-    results.update({**history_results(own), "world_size": 1, "checkpoint/last": ""})
-    if not finite_training(own):
-        results.update(status="failed", error="NonFiniteLossError: the training loss became NaN/inf in the stack")
-    else:
-        member.module.load_state_dict(stack.member_state_dict(index))
-        trainer = plain_trainer(member.cfg, callbacks=[])
-        results.update(test_results(trainer, member.module, member.datamodule, False, member.output_dir))
-        results.update(test_best_epoch(member, trainer, best, index))
-        results.update(status="completed", wall_time_s=time.time() - member.start)
-    write_json(member.output_dir / "results.json", results)
     write_json(member.output_dir / STACK_MARKER, {"index": index, "members": names})
+    if member.finished:  # failed in training: recorded then
+        return member.results
+    results = member.results
+    if bool(stack.failed[index]):  # failed before the stack was interrupted and continued
+        fail_member(member, NonFiniteLossError("the training loss became NaN/inf in the stack (before it was "
+                                               "continued)"))
+        return results
+    with finishing(member):
+        results.update(history_results(member_history(history, stack.names[index])))
+        member.module.load_state_dict(stack.member_state_dict(index))
+        trainer = member_trainer(member)
+        results.update({key: value for key, value in fit_results(trainer).items() if key != "history"})
+        results.update(test_results(trainer, member.module, member.datamodule, member.cfg.get("test_best", True),
+                                    member.output_dir))
+        results.update(status="completed", wall_time_s=time.time() - member.start)
+        write_json(member.output_dir / "results.json", results)
     return results
+
+
+@contextmanager
+def finishing(member: Member, error: Optional[BaseException] = None) -> Iterator[None]:
+    """End the member's logger runs once, with its outcome (the single run's :func:`adaptive_ls.loggers.finishing`)."""
+    from adaptive_ls.loggers import finishing as finish_loggers
+
+    if member.finished:
+        yield
+        return
+    member.finished = True
+    with finish_loggers(member.loggers, member.results, member.output_dir / "results.json"):
+        if error is not None:
+            raise error
+        yield
+
+
+def fail_member(member: Member, error: BaseException) -> None:
+    """Record the member failed (or interrupted) in its results.json, as its single run's entry point records it,
+    and end its logger runs with that outcome."""
+    from adaptive_ls.cli import record_failure
+    from adaptive_ls.jsonio import read_json, write_json
+
+    if member.finished:
+        return
+    write_json(member.output_dir / "results.json", member.results)  # what it had measured
+    with member_hydra(member):  # how to continue it names its own sweep
+        record_failure(member.cfg, error)
+    member.results.update(read_json(member.output_dir / "results.json"))
+    try:
+        with finishing(member, error):
+            pass
+    except BaseException as raised:
+        if raised is not error:
+            raise
 
 
 def train_stack(members: Sequence[Member]) -> list[dict[str, Any]]:
     """Train the members as one stack and write each one's folder; returns their results, in order."""
-    from adaptive_ls.callbacks import EpochHistory
-    from adaptive_ls.stacking import StackedDataModule
-
+    from adaptive_ls.callbacks import EpochHistory, StopOnSignal
     from adaptive_ls.errors import one_line
+    from adaptive_ls.resume import keep_previous_logs, read_run_state
+    from adaptive_ls.stacking import StackedDataModule
 
     try:
         stack = stacked_classifier(members)
     except (ValueError, TypeError) as error:
         raise StackRefused(f"{type(error).__name__}: {one_line(error)}") from error
-    history, best = EpochHistory(), member_best(members)
     last, resume = stack_checkpointing(members)
-    callbacks = [*member_diagnostics(members, stack.names), history, *([best] if best else []), last]
-    trainer = plain_trainer(members[0].cfg, callbacks=callbacks, checkpointing=True)
+    epoch = read_run_state(resume)["epoch"] if resume else None
+    for member in members:
+        member.loggers = member_loggers(member)
+        if resume:
+            keep_previous_logs(member.loggers, epoch)
+            member.results.update({"resumed_from_epoch": epoch, "checkpoint/resumed_from": str(resume)})
+    history = EpochHistory()
+    checkpoints, failures = MemberCheckpoints(members, history), MemberFailures(members, history)
+    callbacks = [*member_diagnostics(members, stack.names), history, failures, checkpoints, last, StopOnSignal()]
+    loggers = [MemberLogger(logger, name, stack.names, lambda i=i: bool(stack.failed[i]))
+               for i, (member, name) in enumerate(zip(members, stack.names)) for logger in member.loggers]
+    trainer = hydra.utils.instantiate(members[0].cfg.trainer, callbacks=callbacks, logger=loggers or False)
     log.info("training %d jobs as one stack: %s%s", len(members), ", ".join(str(m.output_dir) for m in members),
              f" (continuing from {resume})" if resume else "")
-    if resume:
-        from adaptive_ls.resume import read_run_state
-
-        for member in members:
-            member.results.update({"resumed_from_epoch": read_run_state(resume)["epoch"],
-                                   "checkpoint/resumed_from": str(resume)})
     try:
         trainer.fit(stack, datamodule=StackedDataModule([m.datamodule for m in members]), ckpt_path=resume)
-    except Exception as error:
-        if trainer.global_step == 0 and resume is None:  # nothing trained yet: the members can still run alone
+    except StackRefused:
+        raise
+    except BaseException as error:
+        if trainer.global_step == 0 and resume is None and isinstance(error, Exception):
+            for member in members:  # nothing trained yet: the members can still run alone, continuing these runs
+                end_runs(member, error)
             raise StackRefused(f"{type(error).__name__}: {one_line(error)}") from error
+        for member in members:
+            fail_member(member, error)
         raise
     names = [str(m.output_dir) for m in members]
-    return [finish_member(m, stack, i, history.history, names, best) for i, m in enumerate(members)]
+    for member in members:
+        member.global_step = trainer.global_step
+    return [finish_member(m, stack, i, history.history, names) for i, m in enumerate(members)]
+
+
+def end_runs(member: Member, error: BaseException) -> None:
+    """End the member's logger runs (its single run continues them) without recording the job as failed."""
+    try:
+        with finishing(member, error):
+            pass
+    except BaseException as raised:
+        if raised is not error:
+            raise
+    member.finished, member.loggers = False, []
 
 
 def record_stack_failure(members: Sequence[Member], error: BaseException) -> None:
     """Mark every member of a stack that failed as failed in its results.json, keeping what it had measured."""
-    from adaptive_ls.jsonio import write_json
-
     for member in members:
-        write_json(member.output_dir / "results.json",
-                   {**member.results, "status": "failed", "error": f"{type(error).__name__}: {error}"})
+        fail_member(member, error)

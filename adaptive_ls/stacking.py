@@ -334,7 +334,7 @@ def member_images(batches: Sequence) -> list[Tensor]:
 class StackedStepOutput(TypedDict):
     """What a stack's training step hands Lightning and the callbacks."""
 
-    loss: Tensor  # the sum of the members' losses, which Lightning backpropagates: each member gets its own gradient
+    loss: Tensor  # the sum of the members' (finite) losses, which Lightning backpropagates: each gets its own gradient
     members: list[TrainingStepOutput]  # per member, what its single job's training step returns (loss detached)
 
 
@@ -449,6 +449,8 @@ class StackedClassifier(pl.LightningModule):
         self.channels_last = channels_last
         self.net.memory_format = torch.channels_last if channels_last else torch.contiguous_format
         self.members = nn.ModuleList(MemberMetrics(num_classes, ece_bins) for _ in range(net.num_members))
+        # members dropped from the loss (a NaN/inf loss: adaptive_ls.stacked_run.MemberFailures); in the checkpoint
+        self.register_buffer("failed", torch.zeros(net.num_members, dtype=torch.bool))
         self._total_steps = 1
         self._train_metrics_logged = False
         self.test_reliability: Optional[list[dict]] = None  # per member, of the last test run
@@ -506,7 +508,8 @@ class StackedClassifier(pl.LightningModule):
                                                                                     batch))]
         if not self._train_metrics_logged:  # the first step of this epoch (also when a run resumed mid-epoch)
             self._log_train_metrics()
-        loss = torch.stack([output["loss"] for output in outputs]).sum()
+        losses = torch.stack([output["loss"] for output in outputs])
+        loss = torch.where(torch.isfinite(losses) & ~self.failed, losses, 0.0).sum()  # a NaN member's left out
         return StackedStepOutput(loss=loss, members=[{**output, "loss": output["loss"].detach()} for output in outputs])
 
     def _log_train_metrics(self) -> None:

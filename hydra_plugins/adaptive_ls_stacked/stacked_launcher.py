@@ -134,12 +134,15 @@ class StackedLauncher(Launcher):
 
     def train_prepared(self, prepared: dict, members: list, record_failure, train) -> dict[int, JobReturn]:
         """Train the prepared members; each JobReturn gets its job's ``optimized_metric`` (NaN for a failed job)."""
+        from adaptive_ls.errors import JobInterrupted
         from adaptive_ls.stacked_run import StackRefused
 
         try:
             results = train(members)
         except StackRefused:
             raise
+        except JobInterrupted as interrupted:  # every member is recorded interrupted: the sweep stops, as for a job
+            self.stop(members[0], interrupted)
         except Exception as error:
             log.error("stack failed (recorded in each job's results.json); the sweep goes on", exc_info=error)
             record_failure(members, error)
@@ -150,3 +153,18 @@ class StackedLauncher(Launcher):
             ret.return_value = result.get(member.cfg.get("optimized_metric", "val/acc_best"), math.nan)
             returns[i] = ret
         return returns
+
+    @staticmethod
+    def stop(member, interrupted) -> None:
+        """End the sweep as a job a signal stopped ends it: one line naming the jobs done and the command that
+        continues the sweep, exit code 128 + the signal."""
+        import sys
+
+        from adaptive_ls.stacked_run import member_hydra
+        from adaptive_ls.sweeps import stop_summary
+
+        with member_hydra(member):
+            line = stop_summary(interrupted.signal.name, interrupted.status)
+        log.warning(line)
+        print(line, file=sys.stderr)
+        raise SystemExit(interrupted.exit_code) from None
