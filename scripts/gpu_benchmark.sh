@@ -6,7 +6,9 @@
 #   3. host-device synchronisations inside the timed steps (torch.cuda.set_sync_debug_mode) + a torch.profiler table;
 #   4. a fastnet training run (experiment=fastnet_cifar10, 16 epochs): clean test accuracy (target >= 93%), next to
 #      scripts/airbench_reference.py (airbench94, 9.9 epochs) on the same CIFAR-10;
-#   5. the quickstart sweep (digits, 8 jobs) sequential vs the joblib launcher, and torch.compile (fastnet).
+#   5. the quickstart sweep (digits, 8 jobs) under the basic, joblib and stacked launchers, and torch.compile (fastnet);
+#   6. stacked sweeps: fastnet and resnet18 stacks of 1, 4, 8, 16 and 32 jobs (hydra/launcher=stacked's engine),
+#      total images/s and device memory against one job; target for fastnet: 8 members >= 4x one job's images/s.
 #
 # Usage, in the repository root (the package's dependencies installed; no internet needed):
 #   bash scripts/gpu_benchmark.sh <cifar10 root> [out dir]
@@ -120,15 +122,20 @@ python3 scripts/airbench_reference.py --data "$DATA" --epochs $AIRBENCH_EPOCHS \
 grep "test accuracy" "$WORK/airbench_reference.log" | tee -a "$SUMMARY"
 merge_json
 
-# -- 5. the quickstart sweep, sequential vs joblib; then torch.compile --------------------------------------------
+# -- 5. the quickstart sweep: basic vs joblib vs stacked; then torch.compile --------------------------------------
 EPOCHS=10; [ "$SMOKE" = 1 ] && EPOCHS=1
-say ""; say "### quickstart sweep (digits, 8 jobs, $EPOCHS epochs): sequential vs joblib n_jobs=4"
+say ""; say "### quickstart sweep (digits, 8 jobs, $EPOCHS epochs): basic vs joblib n_jobs=4 vs stacked"
 python3 scripts/benchmark.py --sweep --sweep-epochs $EPOCHS --n-jobs 4 --json "$WORK/json/sweep.json" \
     > "$WORK/sweep.log" 2>&1 || say "(sweep exited $?; see $WORK/sweep.log)"
-grep -E "^(sequential|joblib)" "$WORK/sweep.log" | tee -a "$SUMMARY"
+grep -E "^(\||sweep:|note:)" "$WORK/sweep.log" | tee -a "$SUMMARY"
 merge_json
 if [ "$SMOKE" = 1 ]; then say ""; say "(torch.compile skipped in SMOKE mode: compiling takes minutes on a CPU)"; else
   bench fastnet_compile --model fastnet --batch-size 512 --steps 300 --warmup 60 --modes package,raw --compile
 fi
+
+# -- 6. stacked sweeps: M jobs as one model on the GPU ------------------------------------------------------------
+MEMBERS=1,4,8,16,32; [ "$SMOKE" = 1 ] && MEMBERS=1,2
+bench fastnet_members --model fastnet --batch-size 512 --steps 100 --warmup 20 --modes package --members $MEMBERS
+bench resnet18_members --model resnet18 --batch-size 128 --steps 60 --warmup 15 --modes package --members $MEMBERS
 
 say ""; say "done in $((SECONDS - START)) s; figures in $OUT (summary.md, all.json)"
