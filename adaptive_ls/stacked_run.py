@@ -24,6 +24,7 @@ import json
 import logging
 import math
 import time
+import warnings
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -143,14 +144,14 @@ def prepare_member(cfg: DictConfig, locks: ExitStack) -> Member:
     return Member(cfg, datamodule, module, results, callbacks, hydra_cfg)
 
 
-def stacked_classifier(members: Sequence[Member]):
+def stacked_classifier(members: Sequence[Member], execution: str = "auto"):
     """The members' LabelSmoothingClassifiers as one StackedClassifier: their nets and policies, the first's
     optimizer, schedule and options (the same for all: their configs differ only in MEMBER_KEYS)."""
     from adaptive_ls.stacking import StackedClassifier, StackedNet
 
     first = members[0].module
     return StackedClassifier(
-        StackedNet([m.module.net for m in members]), [m.module.smoothing for m in members],
+        StackedNet([m.module.net for m in members], execution), [m.module.smoothing for m in members],
         optimizer=first.optimizer_factory, scheduler=first.scheduler_factory, num_classes=first.num_classes,
         scheduler_interval=first.scheduler_interval, ece_bins=first.ece_bins,
         norm_bias_lr_scale=first.norm_bias_lr_scale, eval_tta=first.eval_tta, channels_last=first.channels_last)
@@ -302,7 +303,8 @@ def member_checkpoint(stack_checkpoint: dict, stack, index: int, member: "Member
     checkpoint["state_dict"] = stack.member_state_dict(index)
     checkpoint["optimizer_states"] = [
         {"state": {i: {k: own(v) for k, v in state.items()} for i, state in optimizer["state"].items()},
-         "param_groups": copy.deepcopy(optimizer["param_groups"])} for optimizer in stack_checkpoint["optimizer_states"]]
+         "param_groups": copy.deepcopy(optimizer["param_groups"])}
+        for optimizer in stack_checkpoint["optimizer_states"]]
     module = member.module
     if module.hparams:
         checkpoint.update(hparams_name=getattr(module, "_hparams_name", "kwargs"),
@@ -536,15 +538,16 @@ def fail_member(member: Member, error: BaseException) -> None:
             raise
 
 
-def train_stack(members: Sequence[Member]) -> list[dict[str, Any]]:
-    """Train the members as one stack and write each one's folder; returns their results, in order."""
+def train_stack(members: Sequence[Member], execution: str = "auto") -> list[dict[str, Any]]:
+    """Train the members as one stack (``execution``: :class:`~adaptive_ls.stacking.StackedNet`'s) and write each
+    one's folder; returns their results, in order."""
     from adaptive_ls.callbacks import EpochHistory, StopOnSignal
     from adaptive_ls.errors import one_line
     from adaptive_ls.resume import keep_previous_logs, read_run_state
     from adaptive_ls.stacking import StackedDataModule
 
     try:
-        stack = stacked_classifier(members)
+        stack = stacked_classifier(members, execution)
     except (ValueError, TypeError) as error:
         raise StackRefused(f"{type(error).__name__}: {one_line(error)}") from error
     last, resume = stack_checkpointing(members)
@@ -563,7 +566,9 @@ def train_stack(members: Sequence[Member]) -> list[dict[str, Any]]:
     log.info("training %d jobs as one stack: %s%s", len(members), ", ".join(str(m.output_dir) for m in members),
              f" (continuing from {resume})" if resume else "")
     try:
-        trainer.fit(stack, datamodule=StackedDataModule([m.datamodule for m in members]), ckpt_path=resume)
+        with warnings.catch_warnings():  # the first member's checkpoints/ holds the stack's marker from the start
+            warnings.filterwarnings("ignore", message=r"Checkpoint directory .* exists and is not empty")
+            trainer.fit(stack, datamodule=StackedDataModule([m.datamodule for m in members]), ckpt_path=resume)
     except StackRefused:
         raise
     except BaseException as error:

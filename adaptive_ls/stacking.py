@@ -134,8 +134,8 @@ class StackedNet(nn.Module):
     A stack of one always runs the single net's computation, so it is its single job exactly.
 
     Random layers (dropout) draw different masks per member (``vmap(randomness="different")``, or in turn when
-    looped), not the masks of the member's single run. A BatchNorm's running statistics need a numeric momentum (not None); tied parameters and
-    extra (non-tensor) state are refused.
+    looped), not the masks of the member's single run. A BatchNorm's running statistics need a numeric momentum (not
+    None); tied parameters and extra (non-tensor) state are refused.
     """
 
     def __init__(self, members: Sequence[nn.Module], execution: str = "auto"):

@@ -150,10 +150,11 @@ def stop_summary(signal_name: str, status: str = "interrupted") -> str:
     this_job = str(Path(str(hydra_cfg.runtime.output_dir)).relative_to(sweep_dir.resolve()))
     done = [job for job, s in statuses.items() if s in ("completed", "failed")]
     failed = [job for job, s in statuses.items() if s == "failed"]
-    unfinished = [job for job in statuses if job not in done and job != this_job]  # other launchers: still running
+    stopped = [job for job, s in statuses.items() if s == status or job == this_job]  # a stack stops all its jobs
+    unfinished = [job for job in statuses if job not in (*done, *stopped)]  # other launchers: still running
     total = sweep_size(hydra_cfg)
     parts = [f"done: {_jobs_text(done)}" + (f" ({len(failed)} failed)" if failed else ""),
-             f"{status}: job {this_job}"]
+             f"{status}: {_jobs_text(stopped or [this_job])}"]
     if unfinished:
         parts.append(f"unfinished: {_jobs_text(unfinished)}")
     if total:

@@ -24,7 +24,7 @@ from adaptive_ls.errors import JobInterrupted
 from adaptive_ls.report import jobs_table, read_jobs
 from adaptive_ls.stacked_run import STACK_MARKER, better, group_jobs, stack_key, stack_refusal
 from adaptive_ls.train import run
-from hydra_plugins.adaptive_ls_stacked.stacked_launcher import check_max_members
+from hydra_plugins.adaptive_ls_stacked.stacked_launcher import check_execution, check_max_members
 from tests import wandb_records
 from tests.runs import DIGITS_ON_CPU, Crash, CrashAt, compose, compose_run, entry_point, one_thread
 
@@ -110,18 +110,24 @@ def test_groups_keep_order_and_size_and_refused_jobs_run_alone():
     assert "module.compile" in stack_refusal(compose("data=digits", "module.compile=true"))
 
 
-def test_max_members_is_checked():
+def test_max_members_and_execution_are_checked():
     assert check_max_members(None) is None and check_max_members(2) == 2
     for bad in (0, -1, 1.5, True, "2"):
         with pytest.raises(ValueError, match=r"hydra.launcher.max_members=.*allowed is null \(all\) or an integer"):
             check_max_members(bad)
+    from adaptive_ls.stacking import EXECUTIONS
+    from hydra_plugins.adaptive_ls_stacked.stacked_launcher import EXECUTIONS as LAUNCHER_EXECUTIONS
+
+    assert LAUNCHER_EXECUTIONS == EXECUTIONS and check_execution("loop") == "loop"
+    with pytest.raises(ValueError, match="hydra.launcher.execution='grouped': allowed are auto, vmap, loop"):
+        check_execution("grouped")
 
 
 def test_the_launcher_is_registered():
     from hydra.core.config_store import ConfigStore
 
     node = ConfigStore.instance().load("hydra/launcher/stacked.yaml").node
-    assert OmegaConf.to_container(node)["max_members"] is None
+    assert OmegaConf.to_container(node)["max_members"] is None and OmegaConf.to_container(node)["execution"] == "auto"
 
 
 @pytest.mark.slow
@@ -240,3 +246,29 @@ def test_a_signal_stops_the_stack_records_every_member_interrupted_and_it_contin
     for ours, theirs in zip(continued, whole):
         assert ours["status"] == "completed" and ours["resumed_from_epoch"] == 0
         assert ours["history"] == theirs["history"] and ours["test/acc"] == theirs["test/acc"]
+
+
+@pytest.mark.slow
+def test_sigterm_ends_a_stacked_sweep_as_a_job_and_the_same_command_continues_it(tmp_path):
+    """From the command line: SIGTERM once the stack has a checkpoint, exit code 143 and every job interrupted with
+    the command that continues; that command then finishes the sweep from the stack's checkpoint."""
+    import time
+
+    grid = ("smoothing=fixed,adaptive", "trainer.max_epochs=40", "hydra/launcher=stacked")
+    sweep = tmp_path / "sweep"
+    job = entry_point(*grid, run_dir=sweep, multirun=True, wait=False)
+    checkpoint, deadline = sweep / "0" / "checkpoints" / "stack-last.ckpt", time.time() + 240
+    while not checkpoint.exists() and job.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    job.send_signal(signal.SIGTERM)
+    assert job.wait(timeout=120) == 128 + signal.SIGTERM
+    log = (tmp_path / "sweep.log").read_text()
+    assert "interrupted: jobs 0, 1;" in log and "continue it with: " in log and f"hydra.sweep.dir={sweep}" in log
+    stopped = results(sweep)
+    assert [stopped[j]["status"] for j in ("0", "1")] == ["interrupted", "interrupted"]
+    assert all(r["signal"] == "SIGTERM" for r in stopped.values())
+    again = entry_point(*grid, run_dir=sweep, multirun=True)
+    assert again.returncode == 0, again.stderr[-3000:]
+    done = results(sweep)
+    assert all(r["status"] == "completed" and r["resumed_from_epoch"] >= 0 for r in done.values())
+    assert [len(r["history"]) for r in done.values()] == [40, 40]

@@ -12,6 +12,7 @@ import logging
 import math
 from contextlib import ExitStack
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
@@ -28,6 +29,7 @@ log = logging.getLogger(__name__)
 class StackedLauncherConf:
     _target_: str = "hydra_plugins.adaptive_ls_stacked.stacked_launcher.StackedLauncher"
     max_members: Optional[int] = None  # jobs per stack at most; null: all the jobs that can share one
+    execution: str = "auto"  # auto (loop on a CPU, vmap on an accelerator) | vmap | loop: adaptive_ls.stacking.StackedNet
 
 
 ConfigStore.instance().store(group="hydra/launcher", name="stacked", node=StackedLauncherConf)
@@ -41,11 +43,21 @@ def check_max_members(value: Any) -> Optional[int]:
     return value
 
 
+EXECUTIONS = ("auto", "vmap", "loop")  # adaptive_ls.stacking.EXECUTIONS, without importing torch here
+
+
+def check_execution(value: Any) -> str:
+    if value not in EXECUTIONS:
+        raise ValueError(f"hydra.launcher.execution={value!r}: allowed are {', '.join(EXECUTIONS)}")
+    return value
+
+
 class StackedLauncher(Launcher):
     """Composes every job's config, groups the stackable ones and runs each group as one training."""
 
-    def __init__(self, max_members: Optional[int] = None) -> None:
+    def __init__(self, max_members: Optional[int] = None, execution: str = "auto") -> None:
         self.max_members = check_max_members(max_members)
+        self.execution = check_execution(execution)
         self.config: Optional[DictConfig] = None
         self.task_function: Optional[TaskFunction] = None
         self.hydra_context: Optional[HydraContext] = None
@@ -120,7 +132,8 @@ class StackedLauncher(Launcher):
         try:
             if prepared:
                 members = [member for _, member in prepared.values()]
-                returns.update(self.train_prepared(prepared, members, record_stack_failure, train_stack))
+                train = partial(train_stack, execution=self.execution)
+                returns.update(self.train_prepared(prepared, members, record_stack_failure, train))
         except StackRefused as refusal:
             log.info("jobs %s run alone: they cannot train as one stack (%s)",
                      ", ".join(f"#{configs[i].hydra.job.num}" for i in prepared), refusal)
