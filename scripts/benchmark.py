@@ -633,7 +633,8 @@ def launcher_settings(name: str, n_jobs: int, threads_per_job: Optional[int]) ->
         return ["hydra/launcher=joblib", f"hydra.launcher.n_jobs={n_jobs}"], threads_per_job
     if name == "stacked":
         return ["hydra/launcher=stacked"], None
-    return [], threads_per_job if name == "basic_split" else None
+    # explicit: an experiment may choose another launcher (experiment=cifar10_cpu runs joblib_2)
+    return ["hydra/launcher=basic"], threads_per_job if name == "basic_split" else None
 
 
 def _job_order(name: str) -> tuple:

@@ -2,10 +2,10 @@
 ``smoothing.*`` are trained as one stacked model (adaptive_ls.stacked_run), up to ``max_members`` a stack.
 
 Every job still gets its own folder with what its single run writes there (``.hydra/``, ``noisy_labels.npy``,
-``results.json``), and the sweeper gets each job's ``optimized_metric``. A job alone in its group, or one a stack
-refuses (DDP, ``module.compile``, a folder holding an interrupted run, a setting that fails its check), runs as the
-basic launcher runs it, after one log line saying why. Torch loads only when a stack is launched: Hydra imports
-this module on every start.
+``results.json``, its CSV log and W&B run, its checkpoints), and the sweeper gets each job's ``optimized_metric``. A
+job alone in its group, or one a stack refuses (DDP, ``module.compile``, a folder holding an interrupted run, a
+setting that fails its check), runs as the basic launcher runs it, after one log line saying why. A signal stops
+the sweep as it stops a job's. Torch loads only when a stack is launched: Hydra imports this module on every start.
 """
 
 import logging
