@@ -160,8 +160,8 @@ class StopOnSignal(pl.Callback):
         if self._received is not None:
             raise self._interrupted()
         self._received = signum
-        log.warning("received %s: stopping at the next training step (checkpoints/last.ckpt holds the last finished "
-                    "epoch); send it again to stop now", signal.Signals(signum).name)
+        log.warning("received %s: stopping at the next training step (the last finished epoch's checkpoint is "
+                    "kept); send it again to stop now", signal.Signals(signum).name)
 
     def _interrupted(self) -> JobInterrupted:
         requeue = self._previous.get(self._received) if self._received == requeue_signal() else None

@@ -46,7 +46,8 @@ def record_failure(cfg: DictConfig, error: BaseException) -> None:
                f"run the same command again ({continue_command()})" if HydraConfig.initialized() else "run it again")
         record = {"status": error.status, "signal": error.signal.name,
                   "error": f"JobInterrupted: stopped by {error.signal.name}; {how} to continue from "
-                           f"checkpoints/last.ckpt (the last finished epoch)"}
+                           f"the last finished epoch's checkpoint (checkpoints/last.ckpt, or a stack's "
+                           f"stack-last.ckpt)"}
     update_json(Path(cfg.paths.output_dir) / "results.json",
                 {**record, "seed": cfg.get("seed"), "noise_seed": cfg.get("noise_seed")})
 

@@ -37,7 +37,7 @@ from pytorch_lightning import Callback
 from pytorch_lightning.loggers import Logger
 from torch import Tensor
 
-from adaptive_ls.callbacks import PeriodicMetrics
+from adaptive_ls.callbacks import EpochHistory, PeriodicMetrics
 from adaptive_ls.errors import NonFiniteLossError
 
 log = logging.getLogger(__name__)
@@ -74,6 +74,21 @@ def stack_refusal(cfg: DictConfig) -> Optional[str]:
     mode = OmegaConf.select(cfg, "callbacks.diagnostics.mode", default=None)
     if mode not in (None, "train_outputs"):
         return f"callbacks.diagnostics.mode={mode}: a stack measures its members' diagnostics as train_outputs only"
+    precision = str(trainer.get("precision", ""))
+    if precision.startswith("16"):
+        return (f"trainer.precision={precision}: a NaN member would stall the shared GradScaler for all; a stack "
+                f"trains in bf16-mixed or 32-true")
+    for name in ("best_checkpoint", "last_checkpoint"):
+        node = OmegaConf.select(cfg, f"callbacks.{name}", default=None) or {}
+        unusual = {key: node.get(key) for key, value in (("save_top_k", 1), ("every_n_epochs", 1))
+                   if node.get(key, value) != value}
+        if node.get("save_last"):
+            unusual["save_last"] = node.get("save_last")
+        if unusual:
+            key, value = next(iter(unusual.items()))
+            return f"callbacks.{name}.{key}={value}: a stack writes each job's checkpoints as conf/callbacks does"
+    if OmegaConf.select(cfg, "logger.wandb.log_model", default=False):
+        return "logger.wandb.log_model=true: a stack does not upload its jobs' checkpoints to W&B"
     if OmegaConf.select(cfg, "module._target_", default="") != "adaptive_ls.module.LabelSmoothingClassifier":
         return (f"module._target_={OmegaConf.select(cfg, 'module._target_')}: a stack trains "
                 f"LabelSmoothingClassifier jobs")
@@ -106,8 +121,10 @@ class Member:
     callbacks: list = field(default_factory=list)  # its conf/callbacks, as its single run builds them
     hydra: Any = None  # Hydra's config of its job, where it was prepared in one
     loggers: list = field(default_factory=list)  # started when the stack trains (member_loggers)
-    finished: bool = False  # its results are written and its logger runs ended
-    global_step: int = 0  # where training ended: its test metrics are logged at this step
+    previous: dict = field(default_factory=dict)  # its folder's results.json before this attempt
+    runs_ended: bool = False  # its logger runs are finished
+    global_step: int = 0  # where training ended: its test metrics are logged at this step and epoch
+    epoch: int = 0
     start: float = field(default_factory=time.time)
 
     @property
@@ -123,7 +140,7 @@ def prepare_member(cfg: DictConfig, locks: ExitStack) -> Member:
 
     from adaptive_ls.config import build_run
     from adaptive_ls.errors import OutputDirError
-    from adaptive_ls.jsonio import write_json
+    from adaptive_ls.jsonio import read_json, write_json
     from adaptive_ls.resume import plan_resume
     from adaptive_ls.run_lock import run_lock
     from adaptive_ls.train import initial_results, instantiate_callbacks, load_data, write_noise_artifacts
@@ -135,13 +152,14 @@ def prepare_member(cfg: DictConfig, locks: ExitStack) -> Member:
     datamodule, module = build_run(cfg)
     if plan_resume(cfg) is not None:
         raise OutputDirError(f"paths.output_dir={output_dir} holds an interrupted run: it resumes alone")
+    previous = read_json(output_dir / "results.json") if (output_dir / "results.json").is_file() else {}
     results = initial_results(cfg, datamodule)
     callbacks = instantiate_callbacks(cfg)
     results.update(load_data(cfg, datamodule))
     write_noise_artifacts(output_dir, datamodule)
     write_json(output_dir / "results.json", results)
     hydra_cfg = HydraConfig.instance().cfg if HydraConfig.initialized() else None
-    return Member(cfg, datamodule, module, results, callbacks, hydra_cfg)
+    return Member(cfg, datamodule, module, results, callbacks, hydra_cfg, previous=previous)
 
 
 def stacked_classifier(members: Sequence[Member], execution: str = "auto"):
@@ -440,7 +458,8 @@ def member_trainer(member: "Member"):
     import hydra
 
     trainer = hydra.utils.instantiate(member.cfg.trainer, callbacks=member.callbacks, logger=member.loggers or False)
-    trainer.fit_loop.epoch_loop._batches_that_stepped = member.global_step  # the step test metrics are logged at
+    trainer.fit_loop.epoch_loop._batches_that_stepped = member.global_step  # the step and epoch test metrics are
+    trainer.fit_loop.epoch_progress.current.completed = member.epoch  # logged at, as after the single run's fit
     return trainer
 
 
@@ -451,17 +470,34 @@ def stack_identity(members: Sequence[Member]) -> dict[str, Any]:
 
 
 def stack_checkpointing(members: Sequence[Member]):
-    """The stack's last-epoch checkpoint callback, and the checkpoint to continue from: the one of an interrupted
-    run of this same stack (same members, same settings), else None."""
+    """The stack's last-epoch checkpoint callback, and the checkpoint to continue from: that of an interrupted run
+    of this same stack (the same members, settings equal but for those a resumed run may change), else None. A
+    checkpoint of another stack, or ``resume=false`` with one there, is refused as a single run refuses its folder:
+    nothing is overwritten."""
     from pytorch_lightning.callbacks import ModelCheckpoint
 
+    from adaptive_ls.errors import OutputDirError
     from adaptive_ls.jsonio import read_json, write_json
+    from adaptive_ls.resume import config_differences
 
     folder = members[0].output_dir / "checkpoints"
     identity, path = stack_identity(members), folder / f"{STACK_CHECKPOINT}.ckpt"
-    same = json.loads(json.dumps(identity, default=str)) == read_json(folder / STACK_MARKER)
-    allowed = members[0].cfg.get("resume", "auto") is not False
-    resume = path if path.is_file() and same and allowed else None
+    resume = None
+    if path.is_file():
+        saved = read_json(folder / STACK_MARKER)
+        if members[0].cfg.get("resume", "auto") is False:
+            raise OutputDirError(f"resume=false but {folder} holds an interrupted stack ({path}): leave resume=auto to "
+                                 f"continue it, or set hydra.sweep.dir to a new folder")
+        if saved.get("members") != identity["members"]:
+            raise OutputDirError(f"{path} belongs to a stack of other jobs ({saved.get('members')}): run the sweep "
+                                 f"with its jobs and hydra.launcher.max_members to continue it, or set "
+                                 f"hydra.sweep.dir to a new folder")
+        differences = [f"job {i}: {d}" for i, (old, new) in enumerate(zip(saved["configs"], identity["configs"]))
+                       for d in config_differences(old, new)]
+        if differences:
+            raise OutputDirError(f"{path} holds an interrupted stack with other settings ({'; '.join(differences)}): "
+                                 f"re-run with its settings to continue it, or set hydra.sweep.dir to a new folder")
+        resume = path
     folder.mkdir(parents=True, exist_ok=True)
     write_json(folder / STACK_MARKER, identity)
     last = ModelCheckpoint(dirpath=folder, filename=STACK_CHECKPOINT, monitor=None, save_top_k=1,
@@ -476,22 +512,30 @@ def member_history(history: list[dict], name: str) -> list[dict]:
     return [{"epoch": row["epoch"], **member_metrics(row, name)} for row in history]
 
 
+STOPPED = ("failed", "interrupted", "preempted")  # a results.json status that ends a member's part in the stack
+
+
 def finish_member(member: Member, stack, index: int, history: list[dict], names: list[str]) -> dict[str, Any]:
     """Member ``index``'s results as its single run's: the stack's history of it, then its own module loaded with
-    its trained state, tested, calibrated and its best checkpoint tested by the single run's code; writes
-    results.json and the stack marker, and ends its logger runs."""
+    its trained state, tested, calibrated and its best checkpoint tested by the single run's code, with its own
+    trainer and loggers; writes results.json and the stack marker, and ends its logger runs. A failure here fails
+    this member alone (recorded, then raised)."""
     from adaptive_ls.jsonio import write_json
     from adaptive_ls.train import fit_results, history_results, test_results
 
     write_json(member.output_dir / STACK_MARKER, {"index": index, "members": names})
-    if member.finished:  # failed in training: recorded then
+    if member.results.get("status") in STOPPED:  # failed in training: recorded then
+        return member.results
+    if bool(stack.failed[index]):  # failed before the stack was interrupted and continued
+        if member.previous.get("status") == "failed":  # its record from then, as it was
+            member.results = dict(member.previous)
+            write_json(member.output_dir / "results.json", member.results)
+            end_runs(member, NonFiniteLossError(member.results.get("error", "")), failed=True)
+        else:
+            fail_member(member, NonFiniteLossError("the training loss became NaN/inf in the stack"))
         return member.results
     results = member.results
-    if bool(stack.failed[index]):  # failed before the stack was interrupted and continued
-        fail_member(member, NonFiniteLossError("the training loss became NaN/inf in the stack (before it was "
-                                               "continued)"))
-        return results
-    with finishing(member):
+    try:
         results.update(history_results(member_history(history, stack.names[index])))
         member.module.load_state_dict(stack.member_state_dict(index))
         trainer = member_trainer(member)
@@ -500,48 +544,63 @@ def finish_member(member: Member, stack, index: int, history: list[dict], names:
                                     member.output_dir))
         results.update(status="completed", wall_time_s=time.time() - member.start)
         write_json(member.output_dir / "results.json", results)
+    except BaseException as error:
+        fail_member(member, error)
+        raise
+    end_runs(member)
     return results
 
 
-@contextmanager
-def finishing(member: Member, error: Optional[BaseException] = None) -> Iterator[None]:
-    """End the member's logger runs once, with its outcome (the single run's :func:`adaptive_ls.loggers.finishing`)."""
-    from adaptive_ls.loggers import finishing as finish_loggers
+def end_runs(member: Member, error: Optional[BaseException] = None, failed: bool = False) -> None:
+    """End the member's logger runs once (the single run's :func:`adaptive_ls.loggers.finishing`): with ``error``
+    as the job's outcome where ``failed``, else as a clean end (a job that then runs alone continues its runs)."""
+    from adaptive_ls.loggers import finishing
 
-    if member.finished:
-        yield
+    if member.runs_ended:
         return
-    member.finished = True
-    with finish_loggers(member.loggers, member.results, member.output_dir / "results.json"):
-        if error is not None:
-            raise error
-        yield
-
-
-def fail_member(member: Member, error: BaseException) -> None:
-    """Record the member failed (or interrupted) in its results.json, as its single run's entry point records it,
-    and end its logger runs with that outcome."""
-    from adaptive_ls.cli import record_failure
-    from adaptive_ls.jsonio import read_json, write_json
-
-    if member.finished:
-        return
-    write_json(member.output_dir / "results.json", member.results)  # what it had measured
-    with member_hydra(member):  # how to continue it names its own sweep
-        record_failure(member.cfg, error)
-    member.results.update(read_json(member.output_dir / "results.json"))
+    member.runs_ended = True
     try:
-        with finishing(member, error):
-            pass
+        with finishing(member.loggers, member.results, member.output_dir / "results.json"):
+            if failed and error is not None:
+                raise error
     except BaseException as raised:
         if raised is not error:
             raise
 
 
+def fail_member(member: Member, error: BaseException) -> None:
+    """Record the member failed (or interrupted) in its results.json, as its single run's entry point records it,
+    and end its logger runs with that outcome; once."""
+    from adaptive_ls.cli import record_failure
+    from adaptive_ls.jsonio import read_json, write_json
+
+    if member.results.get("status") in STOPPED:
+        return
+    write_json(member.output_dir / "results.json", member.results)  # what it had measured
+    with member_hydra(member):  # how to continue it names its own sweep
+        record_failure(member.cfg, error)
+    member.results.update(read_json(member.output_dir / "results.json"))
+    end_runs(member, error, failed=True)
+
+
+class StackHistory(EpochHistory):
+    """The stack's :class:`~adaptive_ls.callbacks.EpochHistory`: a member's ``val/`` and ``test/`` keys (under its
+    name) are left out of an epoch that did not measure them, as a single run's are."""
+
+    def __init__(self, names: Sequence[str]):
+        super().__init__()
+        self.names = list(names)
+
+    def _stale_prefixes(self, trainer) -> tuple[str, ...]:
+        stale = super()._stale_prefixes(trainer)
+        return (*stale, *(f"{name}/{prefix}" for name in self.names for prefix in stale
+                          if prefix in ("val/", "test/")))
+
+
 def train_stack(members: Sequence[Member], execution: str = "auto") -> list[dict[str, Any]]:
     """Train the members as one stack (``execution``: :class:`~adaptive_ls.stacking.StackedNet`'s) and write each
-    one's folder; returns their results, in order."""
-    from adaptive_ls.callbacks import EpochHistory, StopOnSignal
+    one's folder; returns their results, in order. A member that fails in its tests fails alone."""
+    from adaptive_ls.callbacks import StopOnSignal
     from adaptive_ls.errors import one_line
     from adaptive_ls.resume import keep_previous_logs, read_run_state
     from adaptive_ls.stacking import StackedDataModule
@@ -557,43 +616,62 @@ def train_stack(members: Sequence[Member], execution: str = "auto") -> list[dict
         if resume:
             keep_previous_logs(member.loggers, epoch)
             member.results.update({"resumed_from_epoch": epoch, "checkpoint/resumed_from": str(resume)})
-    history = EpochHistory()
+    history = StackHistory(stack.names)
     checkpoints, failures = MemberCheckpoints(members, history), MemberFailures(members, history)
     callbacks = [*member_diagnostics(members, stack.names), history, failures, checkpoints, last, StopOnSignal()]
     loggers = [MemberLogger(logger, name, stack.names, lambda i=i: bool(stack.failed[i]))
                for i, (member, name) in enumerate(zip(members, stack.names)) for logger in member.loggers]
     trainer = hydra.utils.instantiate(members[0].cfg.trainer, callbacks=callbacks, logger=loggers or False)
-    log.info("training %d jobs as one stack: %s%s", len(members), ", ".join(str(m.output_dir) for m in members),
-             f" (continuing from {resume})" if resume else "")
-    try:
-        with warnings.catch_warnings():  # the first member's checkpoints/ holds the stack's marker from the start
-            warnings.filterwarnings("ignore", message=r"Checkpoint directory .* exists and is not empty")
-            trainer.fit(stack, datamodule=StackedDataModule([m.datamodule for m in members]), ckpt_path=resume)
-    except StackRefused:
-        raise
-    except BaseException as error:
-        if trainer.global_step == 0 and resume is None and isinstance(error, Exception):
-            for member in members:  # nothing trained yet: the members can still run alone, continuing these runs
-                end_runs(member, error)
-            raise StackRefused(f"{type(error).__name__}: {one_line(error)}") from error
-        for member in members:
-            fail_member(member, error)
-        raise
-    names = [str(m.output_dir) for m in members]
-    for member in members:
-        member.global_step = trainer.global_step
-    return [finish_member(m, stack, i, history.history, names) for i, m in enumerate(members)]
-
-
-def end_runs(member: Member, error: BaseException) -> None:
-    """End the member's logger runs (its single run continues them) without recording the job as failed."""
-    try:
-        with finishing(member, error):
-            pass
-    except BaseException as raised:
-        if raised is not error:
+    with member_logs(members):
+        log.info("training %d jobs as one stack: %s%s", len(members), ", ".join(str(m.output_dir) for m in members),
+                 f" (continuing from {resume})" if resume else "")
+        try:
+            with warnings.catch_warnings():  # the first member's checkpoints/ holds the stack's marker from the start
+                warnings.filterwarnings("ignore", message=r"Checkpoint directory .* exists and is not empty")
+                trainer.fit(stack, datamodule=StackedDataModule([m.datamodule for m in members]), ckpt_path=resume)
+        except StackRefused:
             raise
-    member.finished, member.loggers = False, []
+        except BaseException as error:
+            if trainer.global_step == 0 and resume is None and isinstance(error, Exception):
+                for member in members:  # nothing trained yet: the members can still run alone, continuing these runs
+                    end_runs(member)
+                    member.runs_ended, member.loggers = False, []
+                raise StackRefused(f"{type(error).__name__}: {one_line(error)}") from error
+            for member in members:
+                fail_member(member, error)
+            raise
+        names = [str(m.output_dir) for m in members]
+        results = []
+        for i, member in enumerate(members):
+            member.global_step, member.epoch = trainer.global_step, trainer.current_epoch
+            try:
+                results.append(finish_member(member, stack, i, history.history, names))
+            except Exception:  # recorded in its results.json and its runs; the others still finish
+                log.exception("job %s failed in its tests; the other jobs of the stack go on", member.output_dir)
+                results.append(member.results)
+    if all(r.get("status") == "completed" for r in results):  # the members' own checkpoints hold it all now
+        (members[0].output_dir / "checkpoints" / f"{STACK_CHECKPOINT}.ckpt").unlink(missing_ok=True)
+    return results
+
+
+@contextmanager
+def member_logs(members: Sequence[Member]) -> Iterator[None]:
+    """The stack's log lines (training, tests, results, failures) also in each member's own job log (``<job
+    name>.log`` in its folder, where Hydra wrote its preparation), as a single run's are."""
+    root, handlers = logging.getLogger(), []
+    for member in members:
+        name = OmegaConf.select(member.hydra, "hydra.job.name", default=None) if member.hydra is not None else None
+        if name:
+            handler = logging.FileHandler(member.output_dir / f"{name}.log")
+            handler.setFormatter(logging.Formatter("[%(asctime)s][%(name)s][%(levelname)s] - %(message)s"))
+            handlers.append(handler)
+            root.addHandler(handler)
+    try:
+        yield
+    finally:
+        for handler in handlers:
+            root.removeHandler(handler)
+            handler.close()
 
 
 def record_stack_failure(members: Sequence[Member], error: BaseException) -> None:

@@ -2,8 +2,9 @@
 
 A noise sweep trains the same network on the same images many times; only the seeds, the noise and the smoothing
 policy change between jobs. Small networks leave an accelerator mostly idle, so the jobs ("members") are stacked:
-every parameter and buffer of the M member nets gets a leading member dimension and one vectorised forward
-(``torch.func.vmap`` over ``torch.func.functional_call``) runs them all. Nothing else is shared: each member keeps
+every parameter and buffer of the M member nets gets a leading member dimension, and one training step runs them
+all: a vectorised forward on an accelerator (``torch.func.vmap`` over ``torch.func.functional_call``), the members
+in turn on a CPU (see :class:`StackedNet`). Nothing else is shared: each member keeps
 its own weight init, data order, augmentation, noisy labels, smoothing policy (and its memory), BatchNorm statistics
 and metrics, and its gradient is the one its single job would get (the stack's loss is the sum of the members' own
 batch losses, and SGD's or AdamW's update is elementwise).
@@ -401,13 +402,14 @@ class StackedClassifier(pl.LightningModule):
         optimizer, scheduler, num_classes, scheduler_interval, ece_bins, norm_bias_lr_scale, eval_tta: as
             LabelSmoothingClassifier's, shared by all members. The optimizer's state is per member anyway (it is
             elementwise over the stacked parameters).
-        channels_last: as LabelSmoothingClassifier's, for a stack of one (which then is its single job exactly); a
-            larger stack runs vmap's grouped convolution on contiguous images whatever this says.
+        channels_last: as LabelSmoothingClassifier's, for a stack of one and looped members (which then are their
+            single jobs exactly); vmap runs its grouped convolution on contiguous images whatever this says.
         names: the members' log prefixes (default ``member0``, ``member1``, ...).
 
     Fit it with a :class:`StackedDataModule` of the members' data modules. The training step runs the members'
-    batches through one vectorised forward, then each member's policy on its own logits, labels, indices and
-    progress, and backpropagates the sum of the members' batch losses (member ``i``'s gradient is its single job's).
+    batches through the stacked net (:class:`StackedNet`'s ``execution``), then each member's policy on its own
+    logits, labels, indices and progress, and backpropagates the sum of the members' finite batch losses (member
+    ``i``'s gradient is its single job's; a member marked ``failed`` is left out).
     Gradient clipping by norm (``Trainer(gradient_clip_val=...)``) clips each member by its own norm.
 
     Logged per member under ``<name>/``: ``train/loss``, ``train/acc``, ``smoothing/eps_*``, ``val/*``,

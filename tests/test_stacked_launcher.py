@@ -9,6 +9,7 @@ with a NaN member reproduce the uninterrupted, clean stack exactly.
 from __future__ import annotations
 
 import json
+import math
 import os
 import signal
 from contextlib import ExitStack
@@ -20,7 +21,7 @@ import torch
 from omegaconf import OmegaConf
 
 import adaptive_ls.stacked_run as stacked_run
-from adaptive_ls.errors import JobInterrupted
+from adaptive_ls.errors import JobInterrupted, OutputDirError
 from adaptive_ls.report import jobs_table, read_jobs
 from adaptive_ls.stacked_run import STACK_MARKER, better, group_jobs, stack_key, stack_refusal
 from adaptive_ls.train import run
@@ -37,10 +38,8 @@ def results(sweep_dir: Path) -> dict[str, dict]:
             for job in sorted(sweep_dir.iterdir()) if (job / ".hydra").is_dir()}
 
 
-def csv_log(folder: Path) -> tuple[list[str], int]:
-    """The CSV log's columns and number of rows."""
-    lines = (folder / "csv" / "metrics.csv").read_text().splitlines()
-    return sorted(lines[0].split(",")), len(lines) - 1
+def csv_log(folder: Path) -> str:
+    return (folder / "csv" / "metrics.csv").read_text()
 
 
 @pytest.mark.slow
@@ -77,7 +76,7 @@ def test_a_stacked_sweep_writes_each_job_as_the_basic_launcher_does(tmp_path, wa
             assert all(torch.equal(mine["state_dict"][k], single["state_dict"][k]) for k in single["state_dict"])
             here = json.dumps(mine["adaptive_ls"]["config"]).replace(str(tmp_path / "stacked"), str(tmp_path / "basic"))
             assert json.loads(here) == single["adaptive_ls"]["config"]  # the settings a resume checks
-        assert csv_log(folder) == csv_log(other)  # the CSV log: the same columns and rows
+        assert csv_log(folder) == csv_log(other)  # the CSV log, every value and its step and epoch
         # one W&B run per job, named, grouped and filled as the basic launcher's
         (run_file,), (their_file,) = wandb_records.offline_runs(folder), wandb_records.offline_runs(other)
         mine, single = (wandb_records.read_offline_run(f, wait_s=30) for f in (run_file, their_file))
@@ -214,8 +213,12 @@ def test_an_interrupted_stack_continues_from_its_last_checkpoint(tmp_path, monke
         assert ours["history"] == theirs["history"]
         for key in ("test/acc", "test/acc_at_best_val", "test/nll"):
             assert ours[key] == theirs[key], key
-    changed = train_stack_in(tmp_path / "changed", "optimizer.lr=0.01")  # other settings: a fresh start
-    assert all("resumed_from_epoch" not in result and result["status"] == "completed" for result in changed)
+    # other settings: refused, as a single run's folder is, and the interrupted stack's checkpoint kept
+    refused = r"interrupted stack with other settings \(job 0: .*optimizer.lr: 0.05 -> 0.01"
+    with pytest.raises(OutputDirError, match=refused):
+        train_stack_in(tmp_path / "changed", "optimizer.lr=0.01")
+    assert (tmp_path / "changed" / "0" / "checkpoints" / "stack-last.ckpt").is_file()
+    assert not (tmp_path / "resumed" / "0" / "checkpoints" / "stack-last.ckpt").exists()  # completed: not needed
 
 
 def test_members_whose_data_do_not_fit_one_stack_are_refused_before_training(tmp_path):
@@ -272,3 +275,62 @@ def test_sigterm_ends_a_stacked_sweep_as_a_job_and_the_same_command_continues_it
     done = results(sweep)
     assert all(r["status"] == "completed" and r["resumed_from_epoch"] >= 0 for r in done.values())
     assert [len(r["history"]) for r in done.values()] == [40, 40]
+
+
+@pytest.mark.slow
+def test_a_member_that_fails_in_its_tests_fails_alone(tmp_path, monkeypatch):
+    real = stacked_run.member_trainer
+
+    def failing_for_the_first(member):
+        if member.output_dir.name == "0":
+            raise RuntimeError("no memory left for the test")
+        return real(member)
+
+    monkeypatch.setattr(stacked_run, "member_trainer", failing_for_the_first)
+    first, second = train_stack_in(tmp_path)
+    recorded = json.loads((tmp_path / "0" / "results.json").read_text())
+    assert first["status"] == recorded["status"] == "failed" and "no memory left" in recorded["error"]
+    assert second["status"] == "completed" and "test/acc" in second
+
+
+@pytest.mark.slow
+def test_epochs_without_validation_leave_val_keys_out_of_the_history_as_a_single_run_does(tmp_path):
+    every_other = "++trainer.check_val_every_n_epoch=2"
+    stacked = train_stack_in(tmp_path / "stack", every_other)
+    with one_thread():
+        single = run(compose_run(tmp_path / "single", *JOBS[0], "trainer.max_epochs=3", every_other))
+    assert [sorted(row) for row in stacked[0]["history"]] == [sorted(row) for row in single["history"]]
+    assert "val/acc" not in stacked[0]["history"][0] and "val/acc" in stacked[0]["history"][1]
+
+
+@pytest.mark.slow
+def test_a_continued_stack_keeps_the_record_of_a_member_that_had_failed(tmp_path, monkeypatch):
+    diagnostics = stacked_run.member_diagnostics
+    monkeypatch.setattr(stacked_run, "member_diagnostics", lambda *args: [*diagnostics(*args), CrashAt(2, 3)])
+    with pytest.raises(Crash):
+        train_stack_in(tmp_path, poison=1)
+    failed = json.loads((tmp_path / "1" / "results.json").read_text())
+    assert failed["status"] == "failed" and "epoch 0" in failed["error"]
+    monkeypatch.setattr(stacked_run, "member_diagnostics", diagnostics)
+    healthy, again = train_stack_in(tmp_path)
+    assert healthy["status"] == "completed" and healthy["resumed_from_epoch"] == 1
+    assert again == failed == json.loads((tmp_path / "1" / "results.json").read_text())
+
+
+def test_under_optuna_a_failed_member_is_a_failed_trial_and_the_others_report_their_metric(monkeypatch):
+    from hydra.core.utils import JobReturn, JobStatus
+
+    from hydra_plugins.adaptive_ls_stacked.stacked_launcher import StackedLauncher
+
+    members = [stacked_run.Member(cfg=OmegaConf.create({}), datamodule=None, module=None, results={})
+               for _ in range(2)]
+    prepared = {0: (JobReturn(), members[0]), 1: (JobReturn(), members[1])}
+    outcome = [{"status": "failed", "error": "NonFiniteLossError: NaN"}, {"status": "completed", "val/acc_best": 0.5}]
+    for optuna in (True, False):
+        monkeypatch.setattr(StackedLauncher, "marks_failures", staticmethod(lambda member: optuna))
+        returns = StackedLauncher().train_prepared(prepared, members, None, lambda members: outcome)
+        assert returns[1].status == JobStatus.COMPLETED and returns[1].return_value == 0.5
+        if optuna:
+            assert returns[0].status == JobStatus.FAILED and "NaN" in str(returns[0]._return_value)
+        else:
+            assert returns[0].status == JobStatus.COMPLETED and math.isnan(returns[0].return_value)

@@ -128,8 +128,8 @@ class StackedLauncher(Launcher):
             prepared, alone = {}, sorted([*alone, i])
         for i in alone:
             locks[i].close()
-        returns = {i: self.run_alone(configs[i]) for i in alone}
-        try:
+        returns: dict[int, JobReturn] = {}
+        try:  # the stack first: its members are prepared (their data loaded, their clocks started)
             if prepared:
                 members = [member for _, member in prepared.values()]
                 train = partial(train_stack, execution=self.execution)
@@ -139,10 +139,11 @@ class StackedLauncher(Launcher):
                      ", ".join(f"#{configs[i].hydra.job.num}" for i in prepared), refusal)
             for i in prepared:
                 locks[i].close()
-            returns.update({i: self.run_alone(configs[i]) for i in prepared})
+            alone = sorted([*alone, *prepared])
         finally:
             for lock in locks.values():
                 lock.close()
+        returns.update({i: self.run_alone(configs[i]) for i in alone})
         return [returns[i] for i in range(len(configs))]
 
     def train_prepared(self, prepared: dict, members: list, record_failure, train) -> dict[int, JobReturn]:
@@ -162,10 +163,24 @@ class StackedLauncher(Launcher):
             results = [{} for _ in members]
         returns = {}
         for (i, (ret, member)), result in zip(prepared.items(), results):
-            ret.status = JobStatus.COMPLETED
-            ret.return_value = result.get(member.cfg.get("optimized_metric", "val/acc_best"), math.nan)
+            if result.get("status") != "completed" and self.marks_failures(member):
+                # Optuna: a failed trial, as a single job's raised error is (told NaN, optuna 2.10 ends the study)
+                ret.status = JobStatus.FAILED
+                ret._return_value = RuntimeError(result.get("error") or "the job failed in its stack")
+            else:
+                ret.status = JobStatus.COMPLETED
+                ret.return_value = result.get(member.cfg.get("optimized_metric", "val/acc_best"), math.nan)
             returns[i] = ret
         return returns
+
+    @staticmethod
+    def marks_failures(member) -> bool:
+        """Whether the sweep's sweeper takes a failed job as a failed trial (Optuna) rather than a NaN value."""
+        from adaptive_ls.stacked_run import member_hydra
+        from adaptive_ls.sweeps import sweeper_marks_failures
+
+        with member_hydra(member):
+            return sweeper_marks_failures()
 
     @staticmethod
     def stop(member, interrupted) -> None:
