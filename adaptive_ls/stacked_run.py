@@ -80,13 +80,10 @@ def stack_refusal(cfg: DictConfig) -> Optional[str]:
                 f"trains in bf16-mixed or 32-true")
     for name in ("best_checkpoint", "last_checkpoint"):
         node = OmegaConf.select(cfg, f"callbacks.{name}", default=None) or {}
-        unusual = {key: node.get(key) for key, value in (("save_top_k", 1), ("every_n_epochs", 1))
-                   if node.get(key, value) != value}
-        if node.get("save_last"):
-            unusual["save_last"] = node.get("save_last")
-        if unusual:
-            key, value = next(iter(unusual.items()))
-            return f"callbacks.{name}.{key}={value}: a stack writes each job's checkpoints as conf/callbacks does"
+        for key, allowed in (("save_top_k", (1,)), ("every_n_epochs", (1,)), ("save_last", (None, False))):
+            if node.get(key, allowed[0]) not in allowed:
+                return (f"callbacks.{name}.{key}={node.get(key)}: a stack writes each job's checkpoints as "
+                        f"conf/callbacks does")
     if OmegaConf.select(cfg, "logger.wandb.log_model", default=False):
         return "logger.wandb.log_model=true: a stack does not upload its jobs' checkpoints to W&B"
     if OmegaConf.select(cfg, "module._target_", default="") != "adaptive_ls.module.LabelSmoothingClassifier":
@@ -308,7 +305,6 @@ def member_checkpoint(stack_checkpoint: dict, stack, index: int, member: "Member
     weights and policy state, its slices of the optimizer state (elementwise, so a single job's), the loops and
     schedule (the members step together), the states of its checkpoint and history callbacks, and its settings for
     :func:`~adaptive_ls.resume.plan_resume`."""
-    from adaptive_ls.callbacks import EpochHistory
     from adaptive_ls.resume import RunState
 
     size = stack.num_members
@@ -350,10 +346,6 @@ class MemberCheckpoints(Callback):
 
         self.members, self.history = list(members), history
         self.checkpoints = [[cb for cb in m.callbacks if isinstance(cb, ModelCheckpoint)] for m in self.members]
-        for checkpoints in self.checkpoints:
-            for cb in checkpoints:
-                if cb.monitor is not None and cb.mode not in ("max", "min"):
-                    raise ValueError(f"callbacks.best_checkpoint.mode={cb.mode!r}: allowed are max, min")
 
     def state_dict(self) -> dict:
         return {"members": [[cb.state_dict() for cb in checkpoints] for checkpoints in self.checkpoints]}
@@ -455,8 +447,6 @@ def member_diagnostics(members: Sequence[Member], names: Sequence[str]) -> list:
 def member_trainer(member: "Member"):
     """The member's own Trainer for its tests, as its single run's after fitting: its callbacks (checkpoints with
     their paths, W&B media) and loggers, its logged step where the stack's training ended."""
-    import hydra
-
     trainer = hydra.utils.instantiate(member.cfg.trainer, callbacks=member.callbacks, logger=member.loggers or False)
     trainer.fit_loop.epoch_loop._batches_that_stepped = member.global_step  # the step and epoch test metrics are
     trainer.fit_loop.epoch_progress.current.completed = member.epoch  # logged at, as after the single run's fit
@@ -661,9 +651,10 @@ def member_logs(members: Sequence[Member]) -> Iterator[None]:
     root, handlers = logging.getLogger(), []
     for member in members:
         name = OmegaConf.select(member.hydra, "hydra.job.name", default=None) if member.hydra is not None else None
-        if name:
+        if name:  # in the format of Hydra's own job log (hydra.job_logging)
+            form = OmegaConf.select(member.hydra, "hydra.job_logging.formatters.simple.format", default=None)
             handler = logging.FileHandler(member.output_dir / f"{name}.log")
-            handler.setFormatter(logging.Formatter("[%(asctime)s][%(name)s][%(levelname)s] - %(message)s"))
+            handler.setFormatter(logging.Formatter(form))
             handlers.append(handler)
             root.addHandler(handler)
     try:
