@@ -88,6 +88,8 @@ def run_to_completion(command: list[str], log: Path, timeout: float) -> int:
 
 def chaos(overrides: list[str], out: Path, faults: int, seed: int, window: tuple[float, float],
           timeout: float) -> dict:
+    """``window`` is in fractions of the work left, estimated from the reference sweep's wall time less the time
+    earlier faults let run, so faults strike before the sweep ends on any machine."""
     rng = random.Random(seed)
     out.mkdir(parents=True, exist_ok=True)
     reference, chaotic = out / "reference", out / "chaos"
@@ -98,7 +100,9 @@ def chaos(overrides: list[str], out: Path, faults: int, seed: int, window: tuple
     if code != 0 or not reference_jobs or not all_completed(reference, len(reference_jobs)):
         raise SystemExit(f"the reference sweep did not complete (exit {code}); see {log}")
     n_jobs = len(reference_jobs)
-    print(f"reference: {n_jobs} jobs in {time.time() - started:.0f} s")
+    reference_s = time.time() - started
+    print(f"reference: {n_jobs} jobs in {reference_s:.0f} s")
+    left_s = reference_s
 
     command = sweep_command(overrides, chaotic)
     injected: dict[str, int] = {}
@@ -116,12 +120,14 @@ def chaos(overrides: list[str], out: Path, faults: int, seed: int, window: tuple
                 injected["truncated_last_ckpt"] = injected.get("truncated_last_ckpt", 0) + 1
         kind = rng.choice(kinds)
         proc = start(command, log)
-        deadline = time.time() + rng.uniform(*window)
+        delay = rng.uniform(*window) * left_s
+        round_start = time.time()
+        deadline = round_start + delay
         second = None
         while time.time() < deadline and proc.poll() is None:
             if kind == "SIGKILL_WRITING" and writing_checkpoint(chaotic):
                 break
-            if kind == "second_copy" and second is None and time.time() > deadline - window[0] / 2:
+            if kind == "second_copy" and second is None and time.time() > deadline - delay / 2:
                 second = start(command, log)
             time.sleep(0.02)
         if proc.poll() is not None:  # it finished before the fault: nothing injected this round
@@ -133,6 +139,7 @@ def chaos(overrides: list[str], out: Path, faults: int, seed: int, window: tuple
             if second is not None:
                 kill(second, signal.SIGKILL)
         injected[kind] = injected.get(kind, 0) + 1
+        left_s = max(left_s - (time.time() - round_start), window[0] * reference_s)
 
     rounds = 0
     while not all_completed(chaotic, n_jobs) and rounds < 5:  # the last fault may leave work: finish it
@@ -153,8 +160,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--faults", type=int, default=20, help="faults to inject (default 20)")
     parser.add_argument("--seed", type=int, default=0, help="seeds the faults' kinds and moments")
     parser.add_argument("--out", type=Path, default=Path("outputs/chaos"), help="where both sweeps go")
-    parser.add_argument("--window", type=float, nargs=2, default=(3.0, 20.0), metavar=("MIN_S", "MAX_S"),
-                        help="a fault strikes this many seconds after the sweep (re)starts (default 3 20)")
+    parser.add_argument("--window", type=float, nargs=2, default=(0.2, 0.8), metavar=("MIN", "MAX"),
+                        help="a fault strikes this long after the sweep (re)starts, as a fraction of the work left "
+                             "(the reference sweep's wall time less the time earlier faults let run; default 0.2 0.8)")
     parser.add_argument("--timeout", type=float, default=1800.0, help="seconds one sweep command may take")
     parser.add_argument("overrides", nargs="*", help="the sweep's overrides (default: the quickstart sweep)")
     args = parser.parse_args(argv)

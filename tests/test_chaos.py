@@ -23,7 +23,7 @@ def load_chaos():
 @pytest.mark.slow
 def test_a_sweep_under_faults_loses_nothing_and_changes_nothing(tmp_path, capsys):
     chaos = load_chaos()
-    code = chaos.main(["--faults", "4", "--seed", "1", "--window", "2", "7", "--timeout", "300",
+    code = chaos.main(["--faults", "4", "--seed", "1", "--window", "0.3", "0.9", "--timeout", "300",
                        "--out", str(tmp_path / "chaos"), *TINY_SWEEP])
     summary = json.loads((tmp_path / "chaos" / "chaos.json").read_text())
     assert summary["faults_total"] >= 3, summary  # faults did strike (a round that finished first injects none)
