@@ -454,9 +454,10 @@ def member_trainer(member: "Member"):
 
 
 def stack_identity(members: Sequence[Member]) -> dict[str, Any]:
-    """What a stack checkpoint belongs to: the members' folders and resolved configs, in order."""
+    """What a stack checkpoint belongs to: the members' folders, resolved configs and noisy labels, in order."""
     return {"members": [str(m.output_dir) for m in members],
-            "configs": [OmegaConf.to_container(m.cfg, resolve=True) for m in members]}
+            "configs": [OmegaConf.to_container(m.cfg, resolve=True) for m in members],
+            "labels_hashes": [m.results["noise/labels_hash"] for m in members]}
 
 
 def stack_checkpointing(members: Sequence[Member]):
@@ -487,6 +488,12 @@ def stack_checkpointing(members: Sequence[Member]):
         if differences:
             raise OutputDirError(f"{path} holds an interrupted stack with other settings ({'; '.join(differences)}): "
                                  f"re-run with its settings to continue it, or set hydra.sweep.dir to a new folder")
+        changed = [f"job {i} ({member.output_dir}): hash {new}, trained on {old}" for i, (member, old, new)
+                   in enumerate(zip(members, saved["labels_hashes"], identity["labels_hashes"])) if old != new]
+        if changed:  # e.g. a changed label file: the same settings, other labels
+            raise OutputDirError(f"{path} holds an interrupted stack trained on other noisy labels ({'; '.join(changed)}"
+                                 f", see each job's noisy_labels.npy): check noise.* and noise_seed, or set "
+                                 f"hydra.sweep.dir to a new folder")
         resume = path
     folder.mkdir(parents=True, exist_ok=True)
     write_json(folder / STACK_MARKER, identity)

@@ -218,6 +218,14 @@ def test_an_interrupted_stack_continues_from_its_last_checkpoint(tmp_path, monke
     with pytest.raises(OutputDirError, match=refused):
         train_stack_in(tmp_path / "changed", "optimizer.lr=0.01")
     assert (tmp_path / "changed" / "0" / "checkpoints" / "stack-last.ckpt").is_file()
+    # the same settings on other noisy labels (a changed label file, say): refused too
+    marker = tmp_path / "changed" / "0" / "checkpoints" / stacked_run.STACK_MARKER
+    saved = json.loads(marker.read_text())
+    saved["labels_hashes"][1] = "0" * 16
+    marker.write_text(json.dumps(saved))
+    with pytest.raises(OutputDirError, match=r"trained on other noisy labels \(job 1 .*trained on 0000000000000000"):
+        train_stack_in(tmp_path / "changed")
+    assert (tmp_path / "changed" / "0" / "checkpoints" / "stack-last.ckpt").is_file()
     assert not (tmp_path / "resumed" / "0" / "checkpoints" / "stack-last.ckpt").exists()  # completed: not needed
 
 
