@@ -489,7 +489,8 @@ def stack_checkpointing(members: Sequence[Member]):
             raise OutputDirError(f"{path} holds an interrupted stack with other settings ({'; '.join(differences)}): "
                                  f"re-run with its settings to continue it, or set hydra.sweep.dir to a new folder")
         changed = [f"job {i} ({member.output_dir}): hash {new}, trained on {old}" for i, (member, old, new)
-                   in enumerate(zip(members, saved["labels_hashes"], identity["labels_hashes"])) if old != new]
+                   in enumerate(zip(members, saved.get("labels_hashes", identity["labels_hashes"]),
+                                                           identity["labels_hashes"])) if old != new]
         if changed:  # e.g. a changed label file: the same settings, other labels
             raise OutputDirError(f"{path} holds an interrupted stack trained on other noisy labels ({'; '.join(changed)}"
                                  f", see each job's noisy_labels.npy): check noise.* and noise_seed, or set "
