@@ -4,6 +4,8 @@ documented commands and the links.
     python scripts/docs.py            # rewrite docs/configuration.md from conf/ and every measured table from its JSON
     python scripts/docs.py --check    # change nothing; list what is out of date, every documented command that
                                       # does not compose and every link that does not resolve; exit 1 if any
+    python scripts/docs.py table multirun/<sweep>/report.md --out docs/tables/NAME.json \
+        --machine "..." --date YYYY-MM-DD --command "adaptive-ls -m ..."   # a report's table as a measured table
 
 The configuration reference is built from conf/ alone: every group, option, key and default, with the comment that
 sits beside it in the yaml. A measured table sits in a page between ``<!-- table: tables/NAME.json -->`` and
@@ -297,12 +299,12 @@ def render_table(spec: dict, name: str = "") -> str:
     ``{"name", "align": "left" | "right", "format": a format spec for numbers, "key": the row field}`` or of plain
     names) with ``rows`` (lists in column order, or dicts by column key); or ``tables``: named tables of columns and
     rows (and their own ``notes``), picked by ``NAME.json#table``."""
+    table = spec["tables"][name.split("#", 1)[1]] if "#" in name else spec
+    if not table["rows"]:  # a table whose run has not been made: say how to make it, claim nothing
+        return f"No figures yet. They come from: `{spec['command']}`, then `python scripts/docs.py table`.\n"
     missing = [k for k in REQUIRED if not spec.get(k)]
     if missing:
         raise ValueError(f"{name}: a measured table needs {', '.join(missing)}")
-    table = spec
-    if "#" in name:
-        table = spec["tables"][name.split("#", 1)[1]]
     columns = [c if isinstance(c, dict) else {"name": c} for c in table["columns"]]
     lines = ["| " + " | ".join(cell(c["name"]) for c in columns) + " |",
              "| " + " | ".join("---:" if c.get("align") == "right" else "---" for c in columns) + " |"]
@@ -318,6 +320,31 @@ def render_table(spec: dict, name: str = "") -> str:
                  *([spec["notes"]] if spec.get("notes") else [])]:
         lines += ["", note]
     return "\n".join(lines) + "\n"
+
+
+def table_from_report(report_md: Path, machine: str, date: str, command: list[str]) -> dict:
+    """A measured table's JSON from the first table of an ``adaptive-ls-report`` report.md, numbers kept as text
+    exactly as the report wrote them."""
+    lines = [line for line in report_md.read_text().splitlines()]
+    start = next(i for i, line in enumerate(lines) if line.startswith("|"))
+    rows = []
+    for line in lines[start:]:
+        if not line.startswith("|"):
+            break
+        rows.append([c.strip() for c in line.strip().strip("|").split("|")])
+    header, align, body = rows[0], rows[1], rows[2:]
+    columns = [{"name": h, **({"align": "right"} if a.endswith(":") else {})} for h, a in zip(header, align)]
+    return {"machine": machine, "date": date, "command": command if len(command) > 1 else command[0],
+            "columns": columns, "rows": [[None if v in ("–", "") else v for v in row] for row in body]}
+
+
+def dump_table(spec: dict) -> str:
+    """The JSON of a measured table, one column and one row a line."""
+    def block(name: str, items: list) -> str:
+        return f'  "{name}": [\n' + ",\n".join("    " + json.dumps(i, ensure_ascii=False) for i in items) + "\n  ]"
+    parts = [f"  {json.dumps(k)}: {json.dumps(v, ensure_ascii=False)}" for k, v in spec.items()
+             if k not in ("columns", "rows")]
+    return "{\n" + ",\n".join([*parts, block("columns", spec["columns"]), block("rows", spec["rows"])]) + "\n}\n"
 
 
 def update_tables(text: str, page: Path) -> str:
@@ -507,6 +534,17 @@ def stale(root: Path = ROOT, conf: Path = CONF) -> list[str]:
 
 
 def main(argv: Optional[list[str]] = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["table"]:
+        table = argparse.ArgumentParser(prog="docs.py table", description="a measured table's JSON from a report.md")
+        table.add_argument("report", type=Path, help="the report.md adaptive-ls-report wrote")
+        table.add_argument("--out", type=Path, required=True, help="the JSON file under docs/tables/")
+        table.add_argument("--machine", required=True, help="what it ran on: CPU or GPU, cores, what shared it")
+        table.add_argument("--date", required=True, help="when it ran, YYYY-MM-DD")
+        table.add_argument("--command", action="append", required=True, help="the command(s) that measured it")
+        args = table.parse_args(argv[1:])
+        args.out.write_text(dump_table(table_from_report(args.report, args.machine, args.date, args.command)))
+        argv = []
     args = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     args.add_argument("--check", action="store_true", help="change nothing; exit 1 when anything is out of date")
     args.add_argument("--no-commands", action="store_true", help="skip composing the documented commands")
