@@ -5,7 +5,7 @@ documented commands and the links.
     python scripts/docs.py --check    # change nothing; list what is out of date, every documented command that
                                       # does not compose and every link that does not resolve; exit 1 if any
     python scripts/docs.py table multirun/<sweep>/report.md --out docs/tables/NAME.json \
-        --machine "..." --date YYYY-MM-DD --command "adaptive-ls -m ..."   # a report's table as a measured table
+        --machine "..." --date YYYY-MM-DD --command "adaptive-ls -m ..."   # a report's table as a measured table's JSON
 
 The configuration reference is built from conf/ alone: every group, option, key and default, with the comment that
 sits beside it in the yaml. A measured table sits in a page between ``<!-- table: tables/NAME.json -->`` and
@@ -200,8 +200,8 @@ def group_defaults(top: YamlFile) -> list[tuple[str, Optional[str], str]]:
     return groups
 
 
-def option_section(group: str, option: str, file: YamlFile, default: bool) -> list[str]:
-    rel = file.path.relative_to(CONF.parent).as_posix()
+def option_section(group: str, option: str, file: YamlFile, default: bool, conf: Path) -> list[str]:
+    rel = f"conf/{file.path.relative_to(conf).as_posix()}"
     package = "" if file.global_package else f"{group.replace('/', '.')}."
     title = f"### `{group}={option}`" + (" (default)" if default else "")
     lines = [title, "", f"[`{rel}`](../{rel})" + ("; its keys are global (`@package _global_`)"
@@ -270,7 +270,7 @@ def config_reference(conf: Path = CONF) -> str:
         order = sorted(options[group], key=lambda n: (n != defaults.get(group), n))
         for option in order:
             lines += option_section(group, option, read_yaml(conf / group / f"{option}.yaml"),
-                                    option == defaults.get(group))
+                                    option == defaults.get(group), conf)
     return "\n".join(lines).rstrip() + "\n"
 
 
@@ -358,6 +358,11 @@ def update_tables(text: str, page: Path) -> str:
     return TABLE.sub(render, text)
 
 
+def shown(path: Path) -> str:
+    """A page as a reader names it: relative to the repository when it is in it."""
+    return str(path.relative_to(ROOT)) if path.is_relative_to(ROOT) else str(path)
+
+
 def pages(root: Path = ROOT) -> list[Path]:
     """README.md and every page of docs/."""
     return [root / "README.md", *sorted((root / "docs").rglob("*.md"))]
@@ -372,24 +377,22 @@ _SPAN = re.compile(r"`([^`\n]+)`")
 _START = re.compile(r"(?:^|[\s;(])(?:\$\s+)?((?:[A-Z_]+=\S+\s+)*(?:adaptive-ls|python -m adaptive_ls)(?=\s|$).*)$")
 
 
-def code_text(text: str) -> Iterator[tuple[int, str]]:
-    """(line number, line) of every code line: fenced and indented blocks, and code spans."""
-    fenced = set()
+def code_text(text: str) -> list[tuple[int, str]]:
+    """(line number, line) of every code line, in the page's order: fenced and indented blocks, and code spans."""
+    found, fenced = [], set()
     for match in _FENCE.finditer(text):
         start = text[:match.start()].count("\n") + 1
-        body = match.group(1).split("\n")[1:]
-        for i, line in enumerate(body):
+        for i, line in enumerate(match.group(1).split("\n")[1:]):
             fenced.add(start + 1 + i)
-            yield start + 1 + i, line
-    lines = text.split("\n")
-    for number, line in enumerate(lines, 1):
+            found.append((start + 1 + i, line))
+    for number, line in enumerate(text.split("\n"), 1):
         if number in fenced or line.startswith("```"):
             continue
         if line.startswith("    ") and not line.lstrip().startswith(("-", "*", "|")):
-            yield number, line
+            found.append((number, line))
         else:
-            for span in _SPAN.findall(line):
-                yield number, span
+            found += [(number, span) for span in _SPAN.findall(line)]
+    return sorted(found, key=lambda item: item[0])
 
 
 def documented_commands(text: str) -> list[tuple[int, str]]:
@@ -477,7 +480,7 @@ def command_errors(paths: list[Path]) -> list[str]:
                     compose_all(overrides, multirun, hydra_compose)
                 except Exception as error:  # what Hydra says is the finding
                     reason = str(error).strip().splitlines()[0]
-                    errors.append(f"{path.relative_to(ROOT)}:{number}: `{command}`: {reason}")
+                    errors.append(f"{shown(path)}:{number}: `{command}`: {reason}")
     return errors
 
 
@@ -511,9 +514,9 @@ def link_errors(paths: list[Path]) -> list[str]:
             file, _, anchor = target.partition("#")
             resolved = (path.parent / file).resolve() if file else path
             if not resolved.exists():
-                errors.append(f"{path.relative_to(ROOT)}: link to {target}: no such file")
+                errors.append(f"{shown(path)}: link to {target}: no such file")
             elif anchor and resolved.suffix == ".md" and anchor not in anchors(resolved):
-                errors.append(f"{path.relative_to(ROOT)}: link to {target}: no such heading")
+                errors.append(f"{shown(path)}: link to {target}: no such heading")
     return errors
 
 
@@ -544,7 +547,9 @@ def main(argv: Optional[list[str]] = None) -> int:
         table.add_argument("--command", action="append", required=True, help="the command(s) that measured it")
         args = table.parse_args(argv[1:])
         args.out.write_text(dump_table(table_from_report(args.report, args.machine, args.date, args.command)))
-        argv = []
+        print(f"wrote {args.out}; name it in a page (<!-- table: tables/{args.out.name} -->) and run "
+              f"python scripts/docs.py")
+        return 0
     args = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     args.add_argument("--check", action="store_true", help="change nothing; exit 1 when anything is out of date")
     args.add_argument("--no-commands", action="store_true", help="skip composing the documented commands")
