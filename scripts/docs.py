@@ -470,8 +470,18 @@ def command_errors(paths: list[Path]) -> list[str]:
 
     errors = []
     with initialize_config_dir(version_base="1.3", config_dir=CONFIG_DIR, job_name="docs"):
+        composed: dict[tuple, Any] = {}  # pages repeat commands: compose each set of overrides once
+
         def hydra_compose(overrides: list[str]):
-            return compose(config_name="config", overrides=overrides, return_hydra_config=True)
+            key = tuple(overrides)
+            if key not in composed:
+                try:
+                    composed[key] = compose(config_name="config", overrides=overrides, return_hydra_config=True)
+                except Exception as error:
+                    composed[key] = error
+            if isinstance(composed[key], Exception):
+                raise composed[key]
+            return composed[key]
 
         for path in paths:
             for number, command in documented_commands(path.read_text()):
