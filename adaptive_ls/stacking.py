@@ -23,7 +23,6 @@ from typing import Callable, Optional, Sequence, TypedDict
 
 import pytorch_lightning as pl
 import torch
-from pytorch_lightning.utilities import CombinedLoader
 from torch import Tensor, nn
 from torch.func import functional_call, stack_module_state, vmap
 
@@ -52,6 +51,7 @@ from adaptive_ls.smoothing import NoSmoothing, Progress, SmoothingPolicy
 # ---------------------------------------------------------------------------------------------------------------------
 
 EXECUTIONS = ("auto", "vmap", "loop")  # how a StackedNet runs its members (see StackedNet)
+PROGRESS_MEMBERS = 3  # the progress bar shows the validation accuracy of this many members
 
 
 def _architecture(net: nn.Module) -> list[tuple]:
@@ -121,7 +121,8 @@ class StackedNet(nn.Module):
     ``execution`` says how the members run:
 
     - ``"vmap"``: one vectorised call for all members (convolutions become one grouped convolution). What an
-      accelerator wants: one kernel launch per layer instead of M. The forward pass is bitwise the members' own;
+      accelerator wants: one kernel launch per layer instead of M. The forward pass is the members' own to float
+      rounding (bitwise where the grouped convolution picks the single one's kernel, as on AVX-512 CPUs; not on AVX2);
       vmap's backward sums some gradients (a linear layer's weight) in another order, so members match their single
       runs to float rounding, which training then amplifies (measured on a small CNN: float32 weights ~5e-7 apart
       after 10 steps, up to ~5e-3 after 40; float64 ~5e-16 after 6).
@@ -257,7 +258,21 @@ def _zip_loaders(loaders: list, split: str):
         raise ValueError(f"the members' {split} loaders have {lengths} batches: a stack steps its members together, "
                          f"so allowed are members with the same number of {split} batches (the same data size, "
                          f"val_size and batch sizes)")
-    return CombinedLoader(loaders, mode="min_size")
+    return ZippedLoaders(loaders)
+
+
+class ZippedLoaders:
+    """The members' loaders stepped together, one batch of each per step (a plain iterable, so that Lightning's own
+    combining of a trainer's loaders, e.g. calibration's two splits, sees one batch list per step)."""
+
+    def __init__(self, loaders: list):
+        self.loaders = loaders
+
+    def __iter__(self):
+        return (list(batches) for batches in zip(*self.loaders))
+
+    def __len__(self) -> int:
+        return len(self.loaders[0])
 
 
 class StackedDataModule(pl.LightningDataModule):
@@ -451,8 +466,10 @@ class StackedClassifier(pl.LightningModule):
         self.channels_last = channels_last
         self.net.memory_format = torch.channels_last if channels_last else torch.contiguous_format
         self.members = nn.ModuleList(MemberMetrics(num_classes, ece_bins) for _ in range(net.num_members))
-        # members dropped from the loss (a NaN/inf loss: adaptive_ls.stacked_run.MemberFailures); in the checkpoint
+        # members dropped from the loss, in the checkpoint: a member that failed (a NaN/inf loss), one that was stopped
+        # (early stopping: adaptive_ls.stacked_run's per-member callbacks)
         self.register_buffer("failed", torch.zeros(net.num_members, dtype=torch.bool))
+        self.register_buffer("stopped", torch.zeros(net.num_members, dtype=torch.bool))
         self._total_steps = 1
         self._train_metrics_logged = False
         self.test_reliability: Optional[list[dict]] = None  # per member, of the last test run
@@ -469,6 +486,7 @@ class StackedClassifier(pl.LightningModule):
 
     def _member_datamodules(self) -> list:
         datamodule = getattr(self.trainer, "datamodule", None)
+        datamodule = getattr(datamodule, "datamodule", datamodule)  # calibration's view of the stack's
         members = getattr(datamodule, "members", None)
         if members is None or len(members) != self.num_members:
             raise ValueError(f"StackedClassifier of {self.num_members} members: fit it with "
@@ -511,7 +529,8 @@ class StackedClassifier(pl.LightningModule):
         if not self._train_metrics_logged:  # the first step of this epoch (also when a run resumed mid-epoch)
             self._log_train_metrics()
         losses = torch.stack([output["loss"] for output in outputs])
-        loss = torch.where(torch.isfinite(losses) & ~self.failed, losses, 0.0).sum()  # a NaN member's left out
+        active = torch.isfinite(losses) & ~self.failed & ~self.stopped
+        loss = torch.where(active, losses, 0.0).sum()  # a NaN, failed or stopped member's left out
         return StackedStepOutput(loss=loss, members=[{**output, "loss": output["loss"].detach()} for output in outputs])
 
     def _log_train_metrics(self) -> None:
@@ -544,8 +563,9 @@ class StackedClassifier(pl.LightningModule):
         for i, (metrics, (_, targets, _)) in enumerate(zip(self.members, batch)):
             getattr(metrics, f"{split}_metrics").update(logits[i], targets)
         if batch_idx == 0:  # handed to Lightning once; it computes them at the epoch's end and resets them
-            for name, metrics in zip(self.names, self.members):
-                log_epoch_metrics(self, getattr(metrics, f"{split}_metrics"), f"{name}/")
+            for i, (name, metrics) in enumerate(zip(self.names, self.members)):  # the bar shows the first three
+                log_epoch_metrics(self, getattr(metrics, f"{split}_metrics"), f"{name}/",
+                                  prog_bar=("val/acc",) if i < PROGRESS_MEMBERS else ())
         return logits
 
     def validation_step(self, batch, batch_idx: int) -> None:
@@ -584,6 +604,16 @@ class StackedClassifier(pl.LightningModule):
         state.update({f"val_acc_best.{key}": value.clone()
                       for key, value in self.members[i].val_acc_best.state_dict().items()})
         return state
+
+
+    @torch.no_grad()
+    def load_member_state_dict(self, i: int, state: dict) -> None:
+        """Set member ``i`` from its single job's state dict (:meth:`member_state_dict`'s format, e.g. a member's
+        checkpoint's ``state_dict``)."""
+        self.net.load_member_state_dict(i, {k[4:]: v for k, v in state.items() if k.startswith("net.")})
+        self.smoothing[i].load_state_dict({k[10:]: v for k, v in state.items() if k.startswith("smoothing.")})
+        self.members[i].val_acc_best.load_state_dict(
+            {k[13:]: v for k, v in state.items() if k.startswith("val_acc_best.")})
 
 
 def member_metrics(metrics: dict, name: str) -> dict:
