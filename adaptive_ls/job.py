@@ -14,7 +14,7 @@ from typing import Any, Optional
 import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
-from adaptive_ls.config import choice_name, config_errors, group_settings, instantiate_group
+from adaptive_ls.config import choice_name, config_errors, group_settings, instantiate_group, noise_kind_name
 from adaptive_ls.errors import JobInterrupted, OutputDirError
 from adaptive_ls.jsonio import read_json, update_json, write_json
 from adaptive_ls.loggers import finishing
@@ -166,7 +166,7 @@ def initial_results(cfg: DictConfig, datamodule) -> dict[str, Any]:
         "status": "running", "seed": cfg.seed, "noise_seed": cfg.noise_seed,
         "output_dir": str(Path(cfg.paths.output_dir)),
         "smoothing": choice_name(cfg, "smoothing"), **group_settings(cfg, "smoothing"),
-        "noise": choice_name(cfg, "noise"), **group_settings(cfg, "noise"),
+        "noise": noise_kind_name(cfg), "noise_setting": choice_name(cfg, "noise"), **group_settings(cfg, "noise"),
         "data": type(datamodule).__name__, "model": cfg.model._target_.rsplit(".", 1)[-1]}
 
 

@@ -538,7 +538,7 @@ def test_stack(trainer: pl.Trainer, stack, datamodule, members: Sequence[Member]
         try:
             calibration = {} if logits is None else calibration_metrics(
                 job.datamodule, stack.ece_bins, *(tensor[i] for split in logits for tensor in split))
-            job.results.update(fit_results(member.callbacks))
+            job.results.update(fit_results(member.callbacks, 1, trainer.precision))
             job.results.update(test_record(member_metrics(tested, member.name), calibration, reliability[i],
                                            best[i], member_metrics(tested_best, member.name) if best[i] else None,
                                            job.output_dir))

@@ -50,7 +50,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
                                                       logger=job.loggers or False)
         trainer.fit(module, datamodule=datamodule, ckpt_path=job.plan.checkpoint if job.plan else None)
 
-        job.results.update(fit_results(trainer.callbacks, trainer.world_size))
+        job.results.update(fit_results(trainer.callbacks, trainer.world_size, trainer.precision))
         if trainer.world_size > 1:
             job.results["ddp/labels_hash_per_rank"] = run_state.labels_hash_per_rank
         job.results.update(test_results(trainer, module, datamodule, cfg.get("test_best", True),
@@ -71,14 +71,15 @@ def instantiate_callbacks(cfg: DictConfig) -> list[pl.Callback]:
     return callbacks
 
 
-def fit_results(callbacks: list[pl.Callback], world_size: int = 1) -> dict[str, Any]:
-    """The history of every epoch, each result metric's last measured value, and the last checkpoint, from the
-    job's callbacks."""
+def fit_results(callbacks: list[pl.Callback], world_size: int = 1, precision: str = "32-true") -> dict[str, Any]:
+    """The history of every epoch, each result metric's last measured value, the precision the job trained in (a
+    per-machine default: the report shows it where the rows differ), and the last checkpoint, from the job's
+    callbacks."""
     from pytorch_lightning.callbacks import ModelCheckpoint
 
     history = next((cb.history for cb in callbacks if isinstance(cb, EpochHistory)), [])
     last = [cb for cb in callbacks if isinstance(cb, ModelCheckpoint) and cb.monitor is None]  # "best": the latest
-    return {**history_results(history), "world_size": world_size,
+    return {**history_results(history), "world_size": world_size, "precision": str(precision),
             "checkpoint/last": last[0].best_model_path if last else ""}
 
 
