@@ -11,8 +11,7 @@ batch losses, and SGD's or AdamW's update is elementwise).
 
 - :class:`StackedNet`: the member nets stacked; per-member state dicts in the single net's format.
 - :class:`StackedDataModule` (adaptive_ls.stacked_data): the members' data modules side by side; a batch is a
-  list of one batch per member,
-  each drawn, augmented and normalised by its own data module exactly as in its single run.
+  list of one batch per member, each drawn, augmented and normalised by its own data module as in its single run.
 - :class:`StackedClassifier`: per member, what :class:`~adaptive_ls.module.LabelSmoothingClassifier` does, with
   metrics logged under ``<member name>/`` (``member0/val/acc``).
 """
