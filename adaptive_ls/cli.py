@@ -32,7 +32,10 @@ CONFIG_DIR = str(Path(__file__).resolve().parent / "conf")
 
 
 def record_failure(cfg: DictConfig, error: BaseException) -> None:
-    """:func:`adaptive_ls.job.record_failure`, imported when needed (the entry point loads torch only for a run)."""
+    """:func:`adaptive_ls.job.record_failure`, imported when needed: the entry point loads torch only for a run, so a
+    folder refused by its lock (an OutputDirError, never recorded) is answered in a second or two."""
+    if isinstance(error, OutputDirError) or not is_global_zero():
+        return
     from adaptive_ls.job import record_failure as record
 
     record(cfg, error)
