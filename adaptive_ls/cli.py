@@ -18,13 +18,11 @@ from pathlib import Path
 from typing import Optional
 
 import hydra
-from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
 from adaptive_ls.errors import ConfigError, JobInterrupted, NonFiniteLossError, OutputDirError, RunCompleted
-from adaptive_ls.jsonio import update_json
 from adaptive_ls.run_lock import run_lock
-from adaptive_ls.sweeps import continue_command, is_global_zero, is_multirun, stop_summary, sweeper_marks_failures
+from adaptive_ls.sweeps import is_global_zero, is_multirun, stop_summary, sweeper_marks_failures
 
 log = logging.getLogger(__name__)
 
@@ -34,22 +32,13 @@ CONFIG_DIR = str(Path(__file__).resolve().parent / "conf")
 
 
 def record_failure(cfg: DictConfig, error: BaseException) -> None:
-    """Mark the run failed in its results.json (keeping what it had measured) so a sweep report can name it; a run
-    a signal stopped is marked ``interrupted`` (``preempted`` under submitit), with the signal and how to continue.
-
-    Not for an OutputDirError: that folder belongs to another run, and its results.json stays as it is."""
+    """:func:`adaptive_ls.job.record_failure`, imported when needed: the entry point loads torch only for a run, so a
+    folder refused by its lock (an OutputDirError, never recorded) is answered in a second or two."""
     if isinstance(error, OutputDirError) or not is_global_zero():
         return
-    record = {"status": "failed", "error": f"{type(error).__name__}: {error}"}
-    if isinstance(error, JobInterrupted):  # resumable: say how
-        how = ("submitit requeues it" if error.requeue is not None else
-               f"run the same command again ({continue_command()})" if HydraConfig.initialized() else "run it again")
-        record = {"status": error.status, "signal": error.signal.name,
-                  "error": f"JobInterrupted: stopped by {error.signal.name}; {how} to continue from "
-                           f"the last finished epoch's checkpoint (checkpoints/last.ckpt, or a stack's "
-                           f"stack-last.ckpt)"}
-    update_json(Path(cfg.paths.output_dir) / "results.json",
-                {**record, "seed": cfg.get("seed"), "noise_seed": cfg.get("noise_seed")})
+    from adaptive_ls.job import record_failure as record
+
+    record(cfg, error)
 
 
 # Failures with a message that says what to do: shown as one line (no traceback unless HYDRA_FULL_ERROR=1).
