@@ -322,11 +322,12 @@ def render_table(spec: dict, name: str = "") -> str:
     return "\n".join(lines) + "\n"
 
 
-def table_from_report(report_md: Path, machine: str, date: str, command: list[str]) -> dict:
-    """A measured table's JSON from the first table of an ``adaptive-ls-report`` report.md, numbers kept as text
-    exactly as the report wrote them."""
+def table_from_report(report_md: Path, machine: str, date: str, command: list[str], index: int = 0) -> dict:
+    """A measured table's JSON from a table of an ``adaptive-ls-report`` report.md (``index`` 0: the summary, 1: the
+    comparison with ``--baseline``), numbers kept as text exactly as the report wrote them."""
     lines = [line for line in report_md.read_text().splitlines()]
-    start = next(i for i, line in enumerate(lines) if line.startswith("|"))
+    starts = [i for i, line in enumerate(lines) if line.startswith("|") and (i == 0 or not lines[i - 1].startswith("|"))]
+    start = starts[index]
     rows = []
     for line in lines[start:]:
         if not line.startswith("|"):
@@ -555,8 +556,10 @@ def main(argv: Optional[list[str]] = None) -> int:
         table.add_argument("--machine", required=True, help="what it ran on: CPU or GPU, cores, what shared it")
         table.add_argument("--date", required=True, help="when it ran, YYYY-MM-DD")
         table.add_argument("--command", action="append", required=True, help="the command(s) that measured it")
+        table.add_argument("--table", type=int, default=0,
+                           help="which table of the report: 0 the summary (default), 1 the --baseline comparison")
         args = table.parse_args(argv[1:])
-        args.out.write_text(dump_table(table_from_report(args.report, args.machine, args.date, args.command)))
+        args.out.write_text(dump_table(table_from_report(args.report, args.machine, args.date, args.command, args.table)))
         print(f"wrote {args.out}; name it in a page (<!-- table: tables/{args.out.name} -->) and run "
               f"python scripts/docs.py")
         return 0
