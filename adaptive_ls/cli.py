@@ -23,6 +23,7 @@ from omegaconf import DictConfig
 
 from adaptive_ls.errors import ConfigError, JobInterrupted, NonFiniteLossError, OutputDirError, RunCompleted
 from adaptive_ls.jsonio import update_json
+from adaptive_ls.ownership import accept, is_accepted, is_fresh
 from adaptive_ls.run_lock import run_lock
 from adaptive_ls.sweeps import continue_command, is_global_zero, is_multirun, stop_summary, sweeper_marks_failures
 
@@ -37,8 +38,10 @@ def record_failure(cfg: DictConfig, error: BaseException) -> None:
     """Mark the run failed in its results.json (keeping what it had measured) so a sweep report can name it; a run
     a signal stopped is marked ``interrupted`` (``preempted`` under submitit), with the signal and how to continue.
 
-    Not for an OutputDirError: that folder belongs to another run, and its results.json stays as it is."""
-    if isinstance(error, OutputDirError) or not is_global_zero():
+    Only in a folder that is the job's (adaptive_ls.ownership): not for an OutputDirError, nor in a folder that
+    holds a run this job was refused before it was accepted; that folder and its results.json stay as they are."""
+    output_dir = Path(cfg.paths.output_dir)
+    if isinstance(error, OutputDirError) or not is_global_zero() or not owns(output_dir):
         return
     record = {"status": "failed", "error": f"{type(error).__name__}: {error}"}
     if isinstance(error, JobInterrupted):  # resumable: say how
@@ -48,8 +51,15 @@ def record_failure(cfg: DictConfig, error: BaseException) -> None:
                   "error": f"JobInterrupted: stopped by {error.signal.name}; {how} to continue from "
                            f"the last finished epoch's checkpoint (checkpoints/last.ckpt, or a stack's "
                            f"stack-last.ckpt)"}
-    update_json(Path(cfg.paths.output_dir) / "results.json",
+    update_json(output_dir / "results.json",
                 {**record, "seed": cfg.get("seed"), "noise_seed": cfg.get("noise_seed")})
+
+
+def owns(output_dir: Path) -> bool:
+    """Whether the job may write in ``output_dir``: accepted already, or fresh (then accepted now)."""
+    if not is_accepted(output_dir) and is_fresh(output_dir):
+        accept(output_dir)
+    return is_accepted(output_dir)
 
 
 # Failures with a message that says what to do: shown as one line (no traceback unless HYDRA_FULL_ERROR=1).
