@@ -249,6 +249,9 @@ class NoisyLabelDataModule(pl.LightningDataModule):
             raise ValueError(f"val_size={val_size}: allowed is an integer >= 0 (0 = no validation split)")
         if loader not in LOADERS:
             raise ValueError(f"loader={loader!r}: allowed are {', '.join(LOADERS)}")
+        for name, value in (("num_workers", num_workers), ("crop_padding", crop_padding)):
+            if int(value) < 0:
+                raise ValueError(f"{name}={value}: allowed is an integer >= 0")
         _check_matches_data("num_classes", num_classes, self.num_classes, "{} classes")
         _check_matches_data("in_channels", in_channels, self.image_channels, "{}-channel images")
         self.root, self.download, self.verify = str(root), bool(download), bool(verify)
@@ -434,6 +437,7 @@ class DigitsDataModule(NoisyLabelDataModule):
     class_names = tuple(str(d) for d in range(10))
     asymmetric_map = noise_lib.MNIST_ASYMMETRIC_MAP  # Patrini et al. 2017's MNIST flips
     test_fraction = 0.2
+    image_size = (8, 8)  # known before loading: the net is checked on a batch of this shape (adaptive_ls.preflight)
 
     def __init__(self, val_size: int = 150, batch_size: int = 64, crop_padding: int = 1, hflip: bool = False, **kw):
         super().__init__(val_size=val_size, batch_size=batch_size, crop_padding=crop_padding, hflip=hflip, **kw)
@@ -465,6 +469,7 @@ class CIFAR10DataModule(NoisyLabelDataModule):
     num_classes = 10
     class_names = noise_lib.CIFAR10_CLASSES
     asymmetric_map = noise_lib.CIFAR10_ASYMMETRIC_MAP
+    image_size = (32, 32)
     mean = (0.4914, 0.4822, 0.4465)
     std = (0.2470, 0.2435, 0.2616)
 
