@@ -25,7 +25,8 @@ from adaptive_ls.errors import ConfigError, JobInterrupted, NonFiniteLossError, 
 from adaptive_ls.jsonio import update_json
 from adaptive_ls.ownership import accept, is_accepted, is_fresh
 from adaptive_ls.run_lock import run_lock
-from adaptive_ls.sweeps import continue_command, is_global_zero, is_multirun, stop_summary, sweeper_marks_failures
+from adaptive_ls.sweeps import (continue_command, is_global_zero, is_multirun, note_failed_job, stop_summary,
+                                 sweeper_marks_failures)
 
 log = logging.getLogger(__name__)
 
@@ -82,6 +83,7 @@ def main(cfg: DictConfig) -> Optional[float]:
     except Exception as error:
         if is_multirun() and sweeper_marks_failures():  # Optuna: a raised error fails the trial, a NaN the study
             record_failure(cfg, error)
+            note_failed_job()
             raise
         return handle_failure(cfg, error, multirun=is_multirun())
     return results.get(cfg.get("optimized_metric", "val/acc_best"))
@@ -119,7 +121,9 @@ def handle_failure(cfg: DictConfig, error: BaseException, multirun: bool) -> flo
         if isinstance(error, RunCompleted):
             log.info("job already completed in %s: its results stand", cfg.paths.output_dir)
             return error.results.get(cfg.get("optimized_metric", "val/acc_best"), math.nan)
-        where = "" if isinstance(error, OutputDirError) else f" (recorded in {cfg.paths.output_dir}/results.json)"
+        note_failed_job()  # the sweep exits non-zero once its other jobs have run
+        where = f" (recorded in {cfg.paths.output_dir}/results.json)" if owns(Path(cfg.paths.output_dir)) and \
+            not isinstance(error, OutputDirError) else ""
         if expected is None:
             log.error("job failed%s; the sweep goes on", where, exc_info=error)
         else:
