@@ -28,6 +28,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from adaptive_ls import noise as noise_lib
+from adaptive_ls.data_files import check_cifar10_files, image_problem, load_cache
 
 log = logging.getLogger(__name__)
 
@@ -501,6 +502,8 @@ def load_cifar10(root: str, train: bool, download: bool = False, verify: bool = 
         CIFAR10(root, train=train, download=True)
     checked = [(name, md5) for name, md5 in CIFAR10.train_list + CIFAR10.test_list]
     bad = [name for name, md5 in checked if not check_integrity(str(folder / name), md5)]
+    if bad:  # a broken file is named as such, not as a re-encoded copy that verify=false would load
+        check_cifar10_files(folder, bad)
     if bad and verify:
         raise ValueError(
             f"verify=true: {', '.join(bad)} in {folder} fail torchvision's CIFAR-10 checksums. For a local copy "
@@ -521,7 +524,11 @@ def load_cifar10(root: str, train: bool, download: bool = False, verify: bool = 
                 self.classes = pickle.load(f, encoding="latin1")[self.meta["key"]]
             self.class_to_idx = {c: i for i, c in enumerate(self.classes)}
 
-    return _UncheckedCIFAR10(root, train=train, download=False)
+    try:
+        return _UncheckedCIFAR10(root, train=train, download=False)
+    except Exception:
+        check_cifar10_files(folder, files)  # names the file torchvision could not read
+        raise
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -541,8 +548,11 @@ def decode_image_file(path: str, size: tuple[int, int], grayscale: bool = False)
     except RuntimeError:  # formats torchvision does not decode (bmp, tiff, ppm): PIL
         from PIL import Image
 
-        with Image.open(path) as im:
-            array = np.asarray(im.convert("L" if grayscale else "RGB"))
+        try:
+            with Image.open(path) as im:
+                array = np.asarray(im.convert("L" if grayscale else "RGB"))
+        except Exception as error:  # truncated or not an image: name the file
+            raise image_problem(path, error) from None
         image = torch.from_numpy(array.copy()).reshape(array.shape[0], array.shape[1], -1).permute(2, 0, 1)
     if tuple(image.shape[-2:]) != tuple(size):
         image = resize(image, list(size), antialias=True)
@@ -634,8 +644,8 @@ class ImageFolderDataModule(NoisyLabelDataModule):
             raise ValueError(f"test_dir={self.test_dir!r} has classes {test_classes}, but train_dir="
                              f"{self.train_dir!r} has {classes}: both need the same class folders")
         self.cache_path = self.cache_dir / f"imagefolder-{self._cache_key(train_samples + test_samples)}.pt"
-        if self.cache_path.is_file():
-            cached = torch.load(self.cache_path, map_location="cpu", weights_only=True)
+        cached = load_cache(self.cache_path) if self.cache_path.is_file() else None  # a broken one is rebuilt
+        if cached is not None:
             log.info("image_folder: %d + %d images from the cache %s", len(cached["train_labels"]),
                      len(cached["test_labels"]), self.cache_path)
             return cached["train_images"], cached["train_labels"], cached["test_images"], cached["test_labels"]
