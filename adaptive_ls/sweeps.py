@@ -169,6 +169,8 @@ def note_failed_job() -> None:
     """Count the running job of a multirun as failed (it may have had no folder of its own to record it in)."""
     from hydra.core.hydra_config import HydraConfig
 
+    if not HydraConfig.initialized():
+        return
     hydra_cfg = HydraConfig.get()
     output_dir, sweep_dir = Path(str(hydra_cfg.runtime.output_dir)), Path(str(hydra_cfg.sweep.dir)).resolve()
     try:
