@@ -189,6 +189,20 @@ def choice_name(cfg: DictConfig, group: str) -> str:
     return _class_name(target) if target else "none"
 
 
+def noise_kind_name(cfg: DictConfig) -> str:
+    """The noise kind a job ran, whatever its setting was called (``noise=sym40`` is ``symmetric``): the ``name`` of
+    its ``_target_`` class (:class:`adaptive_ls.noise.NoiseKind`), else :func:`choice_name`. The report keys its rows
+    by this kind and the rate."""
+    from hydra.utils import get_class
+
+    target = str(OmegaConf.select(cfg, "noise._target_", default="") or "")
+    try:
+        name = getattr(get_class(target), "name", None) if target else None
+    except Exception:  # not importable: build_run has already said so in one line
+        name = None
+    return name if isinstance(name, str) else choice_name(cfg, "noise")
+
+
 def group_settings(cfg: DictConfig, group: str) -> dict[str, Any]:
     """``<group>/<key>`` for every setting of the group's node (``smoothing/eps``), Hydra's own keys left out."""
     node = OmegaConf.to_container(cfg[group], resolve=True) if cfg.get(group) is not None else {}

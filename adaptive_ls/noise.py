@@ -61,6 +61,7 @@ __all__ = [
     "PairFlipNoise",
     "InstanceNoise",
     "LabelFileNoise",
+    "Cifar10NNoise",
     "KINDS",
     "noise_kind",
     "NOISE_KINDS",
@@ -553,6 +554,12 @@ class LabelFileNoise(NoiseKind):
         log.info("noise from %s (key %s%s): realised noise rate %.2f%%", self.path, self.key, checked,
                  100 * float(is_noisy.mean()))
         return noisy, is_noisy
+
+
+class Cifar10NNoise(LabelFileNoise):
+    """CIFAR-10N's human labels (Wei et al., ICLR 2022): a label file whose kind the report names ``cifar10n``."""
+
+    name = "cifar10n"
 
 
 def noise_kind(name: str) -> type[NoiseKind]:

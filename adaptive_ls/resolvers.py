@@ -2,6 +2,8 @@
 
 ``${auto_precision:${.accelerator}}`` (conf/trainer/default.yaml) is ``bf16-mixed`` when the run will use a CUDA GPU
 that supports bfloat16 (Ampere and later), else ``32-true``: the same config is fast on a GPU and exact on a CPU.
+``${auto_precision:${.accelerator},true}`` also picks ``bf16-mixed`` on a CPU whose bf16 is native (AVX512-BF16 or
+AMX on x86, BF16 on Arm Linux); where the CPU only emulates bf16 it runs ~13x slower than float32, so ``32-true``.
 ``${negate:${.deterministic}}`` turns cuDNN autotuning on unless deterministic kernels were asked for.
 ``${class_folders:${.root}/${.train_dir}}`` and ``${image_channels:${.grayscale}}`` (conf/data/image_folder.yaml)
 give an ImageFolder tree's ``num_classes`` and ``in_channels``, which the model is built from.
@@ -21,12 +23,47 @@ from omegaconf import OmegaConf
 GPU_ACCELERATORS = ("auto", "gpu", "cuda")
 
 
-def auto_precision(accelerator: str = "auto") -> str:
-    """Lightning precision for ``trainer.accelerator``: bf16 autocast on a bf16-capable CUDA GPU, else float32."""
+# /proc/cpuinfo flags that mean bf16 matmuls and convolutions run in hardware: x86 (AVX512-BF16, AMX) and Arm (BF16).
+NATIVE_BF16_FLAGS = frozenset({"avx512_bf16", "amx_bf16", "bf16"})
+
+
+def cpu_flags(cpuinfo: str = "/proc/cpuinfo") -> frozenset[str]:
+    """The CPU's feature flags as Linux lists them (x86 ``flags``, Arm ``Features``); empty where there is no such
+    file (macOS, Windows), which makes :func:`cpu_has_native_bf16` answer no: float32 is never the slow choice."""
+    try:
+        with open(cpuinfo, encoding="utf-8", errors="replace") as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                if key.strip().lower() in ("flags", "features"):
+                    return frozenset(value.split())
+    except OSError:
+        pass
+    return frozenset()
+
+
+def cpu_has_native_bf16(cpuinfo: str = "/proc/cpuinfo") -> bool:
+    """Whether this CPU computes bf16 natively. Without it oneDNN emulates bf16 and a bf16-mixed step is an order of
+    magnitude slower than a float32 one (fastnet, batch 128, 2-core AVX2 EPYC: 48 against 617 images/s)."""
+    return bool(cpu_flags(cpuinfo) & NATIVE_BF16_FLAGS)
+
+
+def auto_precision(accelerator: str = "auto", cpu_bf16: bool = False) -> str:
+    """Lightning precision for ``trainer.accelerator``: bf16 autocast on a bf16-capable CUDA GPU, and with
+    ``cpu_bf16`` on a CPU with native bf16; float32 elsewhere."""
     import torch  # here, not at the top: the command line takes the run folder's lock before torch loads
 
-    on_gpu = str(accelerator).lower() in GPU_ACCELERATORS and torch.cuda.is_available()
-    return "bf16-mixed" if on_gpu and torch.cuda.is_bf16_supported() else "32-true"
+    accelerator = str(accelerator).lower()
+    if accelerator in GPU_ACCELERATORS and torch.cuda.is_available():
+        return "bf16-mixed" if torch.cuda.is_bf16_supported() else "32-true"
+    on_cpu = accelerator in ("auto", "cpu")
+    return "bf16-mixed" if on_cpu and _as_bool(cpu_bf16) and cpu_has_native_bf16() else "32-true"
+
+
+def _as_bool(value) -> bool:
+    """A resolver argument as a boolean: OmegaConf passes ``true`` as True, a quoted or interpolated one as text."""
+    if isinstance(value, str):
+        return value.strip().lower() in ("true", "yes", "1")
+    return bool(value)
 
 
 def class_folders(folder: str) -> Optional[int]:

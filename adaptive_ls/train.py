@@ -32,6 +32,7 @@ from adaptive_ls.config import (
     config_errors,
     group_settings,
     instantiate_group,
+    noise_kind_name,
 )
 from adaptive_ls.jsonio import write_json
 from adaptive_ls.loggers import finishing
@@ -95,7 +96,7 @@ def initial_results(cfg: DictConfig, datamodule) -> dict[str, Any]:
         "status": "running", "seed": cfg.seed, "noise_seed": cfg.noise_seed,
         "output_dir": str(Path(cfg.paths.output_dir)),
         "smoothing": choice_name(cfg, "smoothing"), **group_settings(cfg, "smoothing"),
-        "noise": choice_name(cfg, "noise"), **group_settings(cfg, "noise"),
+        "noise": noise_kind_name(cfg), "noise_setting": choice_name(cfg, "noise"), **group_settings(cfg, "noise"),
         "data": type(datamodule).__name__, "model": cfg.model._target_.rsplit(".", 1)[-1]}
 
 
@@ -150,10 +151,11 @@ def write_noise_artifacts(output_dir: Path, datamodule) -> None:
 
 
 def fit_results(trainer: pl.Trainer) -> dict[str, Any]:
-    """The history of every epoch, each result metric's last measured value, and the last checkpoint."""
+    """The history of every epoch, each result metric's last measured value, the precision the job trained in (a
+    per-machine default: the report shows it where the rows differ), and the last checkpoint."""
     history = next((cb.history for cb in trainer.callbacks if isinstance(cb, EpochHistory)), [])
     last = [cb for cb in trainer.checkpoint_callbacks if cb.monitor is None]  # with no monitor, "best" is the latest
-    return {**history_results(history), "world_size": trainer.world_size,
+    return {**history_results(history), "world_size": trainer.world_size, "precision": str(trainer.precision),
             "checkpoint/last": last[0].best_model_path if last else ""}
 
 

@@ -383,5 +383,5 @@ def test_data_configs_default_to_the_full_training_set(option):
 def test_cifar10_cpu_experiment_uses_a_balanced_subset():
     cfg = compose("experiment=cifar10_cpu", hydra=True)
     assert (cfg.data.train_subset, cfg.data.val_size, cfg.data.crop_padding, cfg.data.hflip) == (10000, 1000, 0, False)
-    assert list(cfg.model.widths) == [32, 64, 128] and cfg.trainer.precision == "bf16-mixed"
+    assert list(cfg.model.widths) == [32, 64, 128] and cfg.hydra.sweeper.params.noise == "sym40,sym60"
     assert cfg.hydra.sweeper.params.smoothing == "none,fixed,annealed,adaptive,alasca,self_adaptive"

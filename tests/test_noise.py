@@ -11,6 +11,7 @@ from adaptive_ls.noise import (
     CIFAR10_ASYMMETRIC_MAP,
     CIFAR10_CLASSES,
     CIFAR10N_KEYS,
+    Cifar10NNoise,
     KINDS,
     MNIST_ASYMMETRIC_MAP,
     NOISE_KINDS,
@@ -436,7 +437,7 @@ def test_a_kind_defined_elsewhere_works_through_a_target_override():
 
 @pytest.mark.parametrize("option, cls", [
     ("none", NoNoise), ("symmetric", SymmetricNoise), ("asymmetric", AsymmetricNoise), ("pairflip", PairFlipNoise),
-    ("instance", InstanceNoise), ("cifar10n", LabelFileNoise),
+    ("instance", InstanceNoise), ("cifar10n", Cifar10NNoise),
 ])
 def test_every_noise_option_builds_its_class(option, cls):
     noise = hydra.utils.instantiate(compose(f"noise={option}").noise)

@@ -413,3 +413,36 @@ def test_versus_ranks_the_baseline_variants_on_their_common_seeds(tmp_path):
     table = report.jobs_table(report.read_jobs([root]))
     chosen = report.best_variants(table, "fixed", report.varying_settings(table))
     assert dict(zip(chosen["rate"], chosen["setting:smoothing/eps"])) == {0.4: "0.2", 0.6: "0.6"}
+
+
+def test_precision_is_shown_when_the_rows_differ_in_it(tmp_path):
+    """Precision is a per-machine default: rows run in bf16 on one machine and float32 on another are told apart,
+    and a table run in one precision throughout does not grow a column."""
+    same, mixed = tmp_path / "same", tmp_path / "mixed"
+    for num, (policy, rate) in enumerate([("none", 0.4), ("fixed", 0.4)]):
+        make_job(same, num, policy, rate, 0, 0.8, 0.1, 1.0, extra={"precision": "32-true"})
+        make_job(mixed, num, policy, rate, 0, 0.8, 0.1, 1.0,
+                 extra={"precision": "32-true" if policy == "none" else "bf16-mixed"})
+    report.report([same])
+    report.report([mixed])
+    assert "precision" not in pd.read_csv(same / "report.csv").columns
+    assert list(pd.read_csv(mixed / "report.csv")["precision"]) == ["32-true", "bf16-mixed"]
+    assert "| none | symmetric | 0.4 | 32-true |" in (mixed / "report.md").read_text()
+
+
+def test_clean_rows_are_the_rate_zero_point_of_each_kind(tmp_path):
+    """A grid of named settings (noise=none,sym40,asym40) keeps the clean runs apart in the table (noise ``none``)
+    and draws them at rate 0 of each kind's panel."""
+    from adaptive_ls.report.plots import _clean_in_every_panel
+
+    root = tmp_path / "grid"
+    make_job(root, 0, "none", 0.0, 0, 0.9, 0.1, 1.0, kind="none", noise_settings={})
+    make_job(root, 1, "none", 0.4, 0, 0.6, 0.1, 1.0, kind="symmetric")
+    make_job(root, 2, "none", 0.4, 0, 0.7, 0.1, 1.0, kind="asymmetric")
+    rep = report.report([root])
+    assert list(zip(rep.summary["noise"], rep.summary["rate"])) == [("none", 0.0), ("symmetric", 0.4),
+                                                                     ("asymmetric", 0.4)]
+    panels = _clean_in_every_panel(rep.summary)
+    assert sorted(zip(panels["noise"], panels["rate"])) == [("asymmetric", 0.0), ("asymmetric", 0.4),
+                                                             ("symmetric", 0.0), ("symmetric", 0.4)]
+    assert (root / "accuracy_vs_noise.png").exists()

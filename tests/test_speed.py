@@ -204,6 +204,42 @@ def test_auto_precision_is_bf16_on_a_bf16_gpu_only(monkeypatch):
     assert resolvers.auto_precision("auto") == "32-true"
 
 
+X86_FLAGS = "fpu vme avx avx2 fma"
+
+
+@pytest.mark.parametrize("flags, native", [
+    (f"flags\t\t: {X86_FLAGS}", False),                              # AVX2 only: bf16 is emulated
+    (f"flags\t\t: {X86_FLAGS} avx512f avx512bw", False),            # AVX-512 without its bf16 extension
+    (f"flags\t\t: {X86_FLAGS} avx512f avx512_bf16", True),          # Cooper Lake, Zen 4 and later
+    (f"flags\t\t: {X86_FLAGS} amx_bf16 amx_tile", True),           # Sapphire Rapids AMX
+    ("Features\t: fp asimd sve bf16 i8mm", True),                    # Arm v8.6 (Graviton 3)
+    ("Features\t: fp asimd crc32", False),
+    ("", False),                                                        # no flags at all: float32
+])
+def test_native_bf16_is_read_from_the_cpu_flags(tmp_path, flags, native):
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text(f"processor\t: 0\n{flags}\n\nprocessor\t: 1\n{flags}\n")
+    assert resolvers.cpu_has_native_bf16(str(cpuinfo)) is native
+    assert resolvers.cpu_has_native_bf16(str(tmp_path / "missing")) is False
+
+
+def test_auto_precision_takes_bf16_on_a_cpu_only_when_asked_and_native(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    for native in (True, False):
+        monkeypatch.setattr(resolvers, "cpu_has_native_bf16", lambda: native)
+        assert resolvers.auto_precision("cpu") == "32-true"  # the default trainer: float32 on a CPU
+        assert resolvers.auto_precision("cpu", True) == ("bf16-mixed" if native else "32-true")
+        assert resolvers.auto_precision("auto", "true") == ("bf16-mixed" if native else "32-true")
+        assert resolvers.auto_precision("gpu", True) == "32-true"  # no GPU: no CPU fallback in bf16 either
+
+
+def test_cifar10_cpu_precision_follows_this_machine():
+    """experiment=cifar10_cpu runs bf16 where this CPU computes it natively and float32 where it would be emulated."""
+    cfg = compose("experiment=cifar10_cpu", "trainer.accelerator=cpu")
+    assert cfg.trainer.precision == ("bf16-mixed" if resolvers.cpu_has_native_bf16() else "32-true")
+    assert compose("experiment=cifar10_cpu", "trainer.precision=32-true").trainer.precision == "32-true"
+
+
 def test_default_trainer_config_resolves_for_this_machine():
     cfg = compose()
     expected = "bf16-mixed" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "32-true"

@@ -42,7 +42,10 @@ STATUS_TEXT = {  # what a status means when the job left no error message
 # (and differs between seeds by construction)
 NOT_SETTINGS = {"noise/rate", "noise/realized_rate", "noise/labels_hash", "noise/num_noisy"}
 # settings results.json records besides the policy's and the noise's
-RECORDED_SETTINGS = ("data", "model")
+RECORDED_SETTINGS = ("data", "model", "precision")
+# Settings shown whenever the rows of a table differ in them, not only within a cell: a machine-dependent default
+# (precision) can make two otherwise comparable rows differ.
+TABLE_SETTINGS = (SETTING + "precision",)
 SEED_OVERRIDES = {"seed", "noise_seed"}  # vary on purpose between the jobs averaged together
 CHOICE_GROUPS = ("smoothing", "noise")   # their choice names the row; their settings come from results.json
 
@@ -245,7 +248,8 @@ def varying_settings(table: pd.DataFrame) -> list[str]:
     if table.empty or not columns:
         return []
     filled = table[KEYS + columns].fillna({c: "" for c in columns})
-    return [c for c in columns if (filled.groupby(KEYS)[c].nunique() > 1).any()]
+    return [c for c in columns if (filled.groupby(KEYS)[c].nunique() > 1).any()
+            or (c in TABLE_SETTINGS and filled[c].nunique() > 1)]
 
 
 def summary_settings(summary: pd.DataFrame) -> list[str]:

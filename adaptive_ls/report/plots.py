@@ -72,6 +72,16 @@ def noise_settings(table: pd.DataFrame) -> list[tuple[str, float]]:
     return [(k, r) for k in kinds for r in sorted(settings[settings["noise"] == k]["rate"])]
 
 
+def _clean_in_every_panel(summary: pd.DataFrame) -> pd.DataFrame:
+    """Clean-label rows (noise ``none``) as the rate-0 point of every noise kind's panel: a grid of named settings
+    (``noise=none,sym40,asym40``) then plots as a sweep of rates per kind."""
+    clean, noisy = summary[summary["noise"] == "none"], summary[summary["noise"] != "none"]
+    if clean.empty or noisy.empty:
+        return summary
+    copies = [clean.assign(noise=kind, rate=0.0) for kind in dict.fromkeys(noisy["noise"])]
+    return pd.concat([*copies, noisy], ignore_index=True)
+
+
 def plot_vs_noise(summary: pd.DataFrame, metric: str, ylabel: str, scale: float, path: Path,
                   dashed: Optional[str] = None) -> Optional[Path]:
     """``metric`` (mean ± std over seeds) against the noise rate: a panel per noise kind, a line per row name.
@@ -81,6 +91,7 @@ def plot_vs_noise(summary: pd.DataFrame, metric: str, ylabel: str, scale: float,
     if summary.empty or summary[f"{metric}_mean"].isna().all():
         return None
     summary, names, colors = _with_lines(summary, summary_settings(summary))
+    summary = _clean_in_every_panel(summary)
     kinds = list(dict.fromkeys(summary["noise"]))
     fig, axes = _grid(len(kinds))
     for ax, kind in zip(axes, kinds):
