@@ -155,7 +155,8 @@ def refusal(cfg: DictConfig, path: str, build: Callable[[DictConfig], Any], erro
     said = one_line(error)
     if isinstance(error, SettingError) or (isinstance(error, ValueError) and said.split("=")[0].isidentifier()
                                            and "=" in said.split(" ")[0]):
-        return ConfigError(f"{path}.{said}")  # it names its argument itself: `width=0: allowed is ...`
+        node_path = getattr(error, "node", None) or path  # a nested object's SettingError names its own group
+        return ConfigError(f"{node_path}.{said}")  # it names its argument itself: `width=0: allowed is ...`
     target = None
     if isinstance(node, DictConfig) and "_target_" in node:
         try:
