@@ -21,7 +21,7 @@ from torch import Tensor
 
 from adaptive_ls.metrics import noise_aware_temperature_scaled_metrics, temperature_scaled_metrics
 
-__all__ = ["calibrate", "evaluation_logits", "noise_transition"]
+__all__ = ["calibrate", "calibration_metrics", "evaluation_logits", "noise_transition"]
 
 
 class _PredictSplits(pl.LightningDataModule):
@@ -66,7 +66,8 @@ def evaluation_logits(trainer: pl.Trainer, module: pl.LightningModule, datamodul
                            "calibration needs the logits back in this process")
     if len(splits) == 1:
         outputs = [outputs]
-    return [(torch.cat([logits for logits, _ in batches]), torch.cat([targets for _, targets in batches]))
+    # [N, K] and [N]; a stack's [M, N, K] and [M, N]
+    return [(torch.cat([logits for logits, _ in batches], dim=-2), torch.cat([targets for _, targets in batches], dim=-1))
             for batches in outputs]
 
 
@@ -110,7 +111,13 @@ def calibrate(trainer: pl.Trainer, module: pl.LightningModule, datamodule: pl.Li
     if datamodule.val_size == 0:
         return {}
     (val_logits, val_targets), (test_logits, test_targets) = evaluation_logits(trainer, module, datamodule)
-    metrics = temperature_scaled_metrics(val_logits, val_targets, test_logits, test_targets, n_bins=module.ece_bins)
+    return calibration_metrics(datamodule, module.ece_bins, val_logits, val_targets, test_logits, test_targets)
+
+
+def calibration_metrics(datamodule: pl.LightningDataModule, n_bins: int, val_logits: Tensor, val_targets: Tensor,
+                        test_logits: Tensor, test_targets: Tensor) -> dict[str, float]:
+    """:func:`calibrate`'s metrics from the evaluation logits of one job (a stack calibrates each member's)."""
+    metrics = temperature_scaled_metrics(val_logits, val_targets, test_logits, test_targets, n_bins=n_bins)
     metrics.update(_noise_aware_metrics(datamodule, metrics, val_logits, val_targets, test_logits, test_targets,
-                                        n_bins=module.ece_bins))
+                                        n_bins=n_bins))
     return {f"test/{name}": float(torch.as_tensor(value, dtype=torch.float32)) for name, value in metrics.items()}

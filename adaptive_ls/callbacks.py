@@ -3,7 +3,8 @@ SIGTERM/SIGINT, W&B media.
 
 Each is built from ``conf/callbacks/<name>.yaml``. They talk to the module and to each other through types:
 :class:`PeriodicMetrics` for a callback that measures only in some epochs, the module's ``TrainingStepOutput`` for
-what a training step hands them.
+what a training step hands them. A callback whose class sets ``per_member = True`` runs per member in a stack of jobs
+(``hydra/launcher=stacked``), seeing that member's view of the trainer and module (adaptive_ls.stacked_run).
 """
 from __future__ import annotations
 
@@ -43,6 +44,8 @@ class EpochHistory(pl.Callback):
     ran, and a :class:`PeriodicMetrics` callback's keys when it measured.
     """
 
+    per_member = True  # in a stack, one per member (adaptive_ls.stacked_run.PerMember)
+
     def __init__(self):
         self.history: list[dict[str, float]] = []
         self._validated_epoch = -1
@@ -81,6 +84,7 @@ class NonFiniteLossGuard(pl.Callback):
     runs in vain. Under DDP the flags are combined over all processes, so all of them stop together.
     """
 
+    per_member = True  # in a stack a member whose loss turns NaN/inf fails alone
     NONE = torch.iinfo(torch.long).max  # no non-finite batch yet: the identity of the "min" that combines processes
 
     def __init__(self):
@@ -206,6 +210,8 @@ class WandbMedia(pl.Callback):
     """Logs the noisy labels' transition matrix (a table and a heatmap) and the test reliability diagram of the final
     weights to the trainer's W&B loggers, from the data module and the module in memory; also saves both as PNGs in
     ``save_dir`` (the job's folder). Does nothing without a W&B logger."""
+
+    per_member = True  # in a stack, each member's media to its own W&B run
 
     def __init__(self, save_dir: Optional[str] = None):
         self.save_dir = Path(save_dir) if save_dir else None

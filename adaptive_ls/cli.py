@@ -18,15 +18,12 @@ from pathlib import Path
 from typing import Optional
 
 import hydra
-from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
 from adaptive_ls.errors import ConfigError, JobInterrupted, NonFiniteLossError, OutputDirError, RunCompleted
-from adaptive_ls.jsonio import update_json
-from adaptive_ls.ownership import accept, is_accepted, is_fresh
+from adaptive_ls.ownership import owns
 from adaptive_ls.run_lock import run_lock
-from adaptive_ls.sweeps import (continue_command, is_global_zero, is_multirun, note_failed_job, stop_summary,
-                                 sweeper_marks_failures)
+from adaptive_ls.sweeps import is_global_zero, is_multirun, note_failed_job, stop_summary, sweeper_marks_failures
 
 log = logging.getLogger(__name__)
 
@@ -36,31 +33,16 @@ CONFIG_DIR = str(Path(__file__).resolve().parent / "conf")
 
 
 def record_failure(cfg: DictConfig, error: BaseException) -> None:
-    """Mark the run failed in its results.json (keeping what it had measured) so a sweep report can name it; a run
-    a signal stopped is marked ``interrupted`` (``preempted`` under submitit), with the signal and how to continue.
+    """:func:`adaptive_ls.job.record_failure`, imported when needed: the entry point loads torch only for a run, so a
+    folder refused by its lock (an OutputDirError, never recorded) is answered in a second or two.
 
-    Only in a folder that is the job's (adaptive_ls.ownership): not for an OutputDirError, nor in a folder that
-    holds a run this job was refused before it was accepted; that folder and its results.json stay as they are."""
-    output_dir = Path(cfg.paths.output_dir)
-    if isinstance(error, OutputDirError) or not is_global_zero() or not owns(output_dir):
+    Only in a folder that is the job's (:func:`adaptive_ls.ownership.owns`): a job refused in a folder holding another
+    run leaves that folder and its results.json as they are."""
+    if isinstance(error, OutputDirError) or not is_global_zero() or not owns(Path(cfg.paths.output_dir)):
         return
-    record = {"status": "failed", "error": f"{type(error).__name__}: {error}"}
-    if isinstance(error, JobInterrupted):  # resumable: say how
-        how = ("submitit requeues it" if error.requeue is not None else
-               f"run the same command again ({continue_command()})" if HydraConfig.initialized() else "run it again")
-        record = {"status": error.status, "signal": error.signal.name,
-                  "error": f"JobInterrupted: stopped by {error.signal.name}; {how} to continue from "
-                           f"the last finished epoch's checkpoint (checkpoints/last.ckpt, or a stack's "
-                           f"stack-last.ckpt)"}
-    update_json(output_dir / "results.json",
-                {**record, "seed": cfg.get("seed"), "noise_seed": cfg.get("noise_seed")})
+    from adaptive_ls.job import record_failure as record
 
-
-def owns(output_dir: Path) -> bool:
-    """Whether the job may write in ``output_dir``: accepted already, or fresh (then accepted now)."""
-    if not is_accepted(output_dir) and is_fresh(output_dir):
-        accept(output_dir)
-    return is_accepted(output_dir)
+    record(cfg, error)
 
 
 # Failures with a message that says what to do: shown as one line (no traceback unless HYDRA_FULL_ERROR=1).

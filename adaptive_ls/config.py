@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import re
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any, Iterator, Optional
 
 import hydra
@@ -190,17 +191,23 @@ def choice_name(cfg: DictConfig, group: str) -> str:
 
 
 def noise_kind_name(cfg: DictConfig) -> str:
-    """The noise kind a job ran, whatever its setting was called (``noise=sym40`` is ``symmetric``): the ``name`` of
-    its ``_target_`` class (:class:`adaptive_ls.noise.NoiseKind`), else :func:`choice_name`. The report keys its rows
-    by this kind and the rate."""
-    from hydra.utils import get_class
-
+    """The noise kind a job ran, whatever its setting was called: ``noise=sym40`` is ``symmetric``, the ``name`` of its
+    ``_target_`` class when that name is itself an option of the ``noise`` group; any other choice is its own name
+    (a user's ``noise=every_nth``). The report keys its rows by this kind and the rate."""
+    choice = choice_name(cfg, "noise")
     target = str(OmegaConf.select(cfg, "noise._target_", default="") or "")
-    try:
-        name = getattr(get_class(target), "name", None) if target else None
-    except Exception:  # not importable: build_run has already said so in one line
-        name = None
-    return name if isinstance(name, str) else choice_name(cfg, "noise")
+    kind = _class_name(target) if target else choice
+    return kind if kind != choice and kind in noise_options() else choice
+
+
+def noise_options() -> set[str]:
+    """The options of the ``noise`` group: those of the running Hydra app (a user's search path included), else the
+    package's own ``conf/noise``."""
+    from hydra.core.global_hydra import GlobalHydra
+
+    if GlobalHydra.instance().is_initialized():
+        return set(GlobalHydra.instance().config_loader().get_group_options("noise"))
+    return {path.stem for path in (Path(__file__).resolve().parent / "conf" / "noise").glob("*.yaml")}
 
 
 def group_settings(cfg: DictConfig, group: str) -> dict[str, Any]:

@@ -123,6 +123,8 @@ class NoiseDiagnostics(PeriodicMetrics):
         every_n_epochs: log every n-th epoch (and always the last one).
     """
 
+    per_member = True  # in a stack (mode train_outputs), each member measured on its own outputs
+
     def __init__(self, mode: str = "train_outputs", every_n_epochs: int = 1):
         super().__init__()
         if mode not in DIAGNOSTIC_MODES:

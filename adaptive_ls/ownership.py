@@ -63,6 +63,13 @@ def is_fresh(output_dir) -> bool:
     return not folder.exists() or all(entry.name == LOCK_FILE for entry in folder.iterdir())
 
 
+def owns(output_dir) -> bool:
+    """Whether the job may write in ``output_dir``: accepted already, or fresh (then accepted now)."""
+    if not is_accepted(output_dir) and is_fresh(output_dir):
+        accept(output_dir)
+    return is_accepted(output_dir)
+
+
 def accept(output_dir) -> None:
     """The folder is this job's: move Hydra's staged record into place as ``.hydra`` and write the held log records.
     Idempotent."""

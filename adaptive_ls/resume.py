@@ -278,7 +278,9 @@ class RunState(pl.Callback):
     order and augmentation are seeded per epoch by the data module).
     """
 
-    def __init__(self, config: dict, labels_hash: str):
+    per_member = True
+
+    def __init__(self, config: dict, labels_hash: Optional[str]):
         self.config, self.labels_hash = config, labels_hash
         self.labels_hash_per_rank = [labels_hash]
 

@@ -1,6 +1,6 @@
 """Label smoothing: one loss and one small policy class per way of choosing ε.
 
-Every policy fits one target (see DESIGN.md)::
+Every policy fits one target::
 
     target_i = (1 − ε_i) · onehot(y_i) + ε_i · q_i
     loss_i   = (1 − ε_i) · CE(p_i, y_i) + ε_i · CE(p_i, q_i)

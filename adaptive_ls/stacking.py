@@ -10,8 +10,8 @@ and metrics, and its gradient is the one its single job would get (the stack's l
 batch losses, and SGD's or AdamW's update is elementwise).
 
 - :class:`StackedNet`: the member nets stacked; per-member state dicts in the single net's format.
-- :class:`StackedDataModule`: the members' data modules side by side; a batch is a list of one batch per member,
-  each drawn, augmented and normalised by its own data module exactly as in its single run.
+- :class:`StackedDataModule` (adaptive_ls.stacked_data): the members' data modules side by side; a batch is a
+  list of one batch per member, each drawn, augmented and normalised by its own data module as in its single run.
 - :class:`StackedClassifier`: per member, what :class:`~adaptive_ls.module.LabelSmoothingClassifier` does, with
   metrics logged under ``<member name>/`` (``member0/val/acc``).
 """
@@ -23,12 +23,12 @@ from typing import Callable, Optional, Sequence, TypedDict
 
 import pytorch_lightning as pl
 import torch
-from pytorch_lightning.utilities import CombinedLoader
 from torch import Tensor, nn
 from torch.func import functional_call, stack_module_state, vmap
 
 from adaptive_ls.errors import SettingError
 from adaptive_ls.metrics import ReliabilityBins
+from adaptive_ls.stacked_data import StackedDataModule, member_images  # noqa: F401 (StackedDataModule: this API)
 from adaptive_ls.module import (
     TrainingStepOutput,
     best_accuracy,
@@ -52,6 +52,7 @@ from adaptive_ls.smoothing import NoSmoothing, Progress, SmoothingPolicy
 # ---------------------------------------------------------------------------------------------------------------------
 
 EXECUTIONS = ("auto", "vmap", "loop")  # how a StackedNet runs its members (see StackedNet)
+PROGRESS_MEMBERS = 3  # the progress bar shows the validation accuracy of this many members
 
 
 def _architecture(net: nn.Module) -> list[tuple]:
@@ -121,7 +122,8 @@ class StackedNet(nn.Module):
     ``execution`` says how the members run:
 
     - ``"vmap"``: one vectorised call for all members (convolutions become one grouped convolution). What an
-      accelerator wants: one kernel launch per layer instead of M. The forward pass is bitwise the members' own;
+      accelerator wants: one kernel launch per layer instead of M. The forward pass is the members' own to float
+      rounding (bitwise where the grouped convolution picks the single one's kernel, as on AVX-512 CPUs; not on AVX2);
       vmap's backward sums some gradients (a linear layer's weight) in another order, so members match their single
       runs to float rounding, which training then amplifies (measured on a small CNN: float32 weights ~5e-7 apart
       after 10 steps, up to ~5e-3 after 40; float64 ~5e-16 after 6).
@@ -242,89 +244,6 @@ class StackedNet(nn.Module):
                            f"unexpected {sorted(set(theirs) - set(own))}")
         for key, value in theirs.items():
             own[key][i].copy_(value)
-
-
-# ---------------------------------------------------------------------------------------------------------------------
-# The members' data
-# ---------------------------------------------------------------------------------------------------------------------
-
-
-def _zip_loaders(loaders: list, split: str):
-    """The members' loaders of one split stepped together: every member sees its own loader's sequence of batches,
-    so all must have the same number of batches."""
-    lengths = [len(loader) for loader in loaders]
-    if len(set(lengths)) != 1:
-        raise ValueError(f"the members' {split} loaders have {lengths} batches: a stack steps its members together, "
-                         f"so allowed are members with the same number of {split} batches (the same data size, "
-                         f"val_size and batch sizes)")
-    return CombinedLoader(loaders, mode="min_size")
-
-
-class StackedDataModule(pl.LightningDataModule):
-    """The members' data modules side by side, for :class:`StackedClassifier`.
-
-    Every split's batch is a list with one batch per member. Each member's data module draws its own order, crops
-    and flips from its own seeds (it is attached to the stack's trainer, whose epoch it reads) and normalises its own
-    batch in its own ``on_after_batch_transfer``, so member ``i`` sees exactly the batches of its single run.
-    """
-
-    def __init__(self, members: Sequence[pl.LightningDataModule]):
-        super().__init__()
-        members = list(members)
-        if not members:
-            raise ValueError("members=[]: allowed is a list of one or more data modules, one per member")
-        for i, datamodule in enumerate(members):
-            if not isinstance(datamodule, pl.LightningDataModule):
-                raise TypeError(f"members[{i}]={type(datamodule).__name__}: allowed are LightningDataModule "
-                                f"instances")
-        if len({id(dm) for dm in members}) != len(members):
-            raise ValueError("members: the same data module appears twice; allowed are distinct data modules "
-                             "(one per member: each keeps its own augmentation generator)")
-        self.members = members
-
-    def prepare_data(self) -> None:
-        for datamodule in self.members:
-            datamodule.prepare_data()
-
-    def setup(self, stage: str) -> None:
-        for datamodule in self.members:
-            datamodule.trainer = self.trainer  # its loaders and augmentation read this trainer's epoch and device
-            datamodule.setup(stage)
-
-    def _split(self, split: str):
-        loaders = [getattr(datamodule, f"{split}_dataloader")() for datamodule in self.members]
-        empty = [isinstance(loader, (list, tuple)) and not loader for loader in loaders]
-        if all(empty):
-            return []
-        if any(empty):
-            raise ValueError(f"only some members have a {split} split ({empty.count(False)} of {len(empty)}): "
-                             f"allowed are members that all have one or none (val_size)")
-        return _zip_loaders(loaders, split)
-
-    def train_dataloader(self):
-        return self._split("train")
-
-    def val_dataloader(self):
-        return self._split("val")
-
-    def test_dataloader(self):
-        return self._split("test")
-
-    def on_before_batch_transfer(self, batch, dataloader_idx: int):
-        return [dm.on_before_batch_transfer(b, dataloader_idx) for dm, b in zip(self.members, batch)]
-
-    def on_after_batch_transfer(self, batch, dataloader_idx: int):
-        return [dm.on_after_batch_transfer(b, dataloader_idx) for dm, b in zip(self.members, batch)]
-
-
-def member_images(batches: Sequence) -> list[Tensor]:
-    """The members' images ``[B, ...]`` of one step, each as its data module made it (its strides pick the
-    convolution's kernel, so a looped member computes bitwise what its single run does); one shape for all."""
-    shapes = {tuple(batch[0].shape) for batch in batches}
-    if len(shapes) != 1:
-        raise ValueError(f"the members' batches have image shapes {sorted(shapes)}: a stack runs them as one "
-                         f"tensor, so allowed are members with the same batch sizes and image sizes")
-    return [batch[0] for batch in batches]
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -451,8 +370,10 @@ class StackedClassifier(pl.LightningModule):
         self.channels_last = channels_last
         self.net.memory_format = torch.channels_last if channels_last else torch.contiguous_format
         self.members = nn.ModuleList(MemberMetrics(num_classes, ece_bins) for _ in range(net.num_members))
-        # members dropped from the loss (a NaN/inf loss: adaptive_ls.stacked_run.MemberFailures); in the checkpoint
+        # members dropped from the loss, in the checkpoint: a member that failed (a NaN/inf loss), one that was stopped
+        # (early stopping: adaptive_ls.stacked_run's per-member callbacks)
         self.register_buffer("failed", torch.zeros(net.num_members, dtype=torch.bool))
+        self.register_buffer("stopped", torch.zeros(net.num_members, dtype=torch.bool))
         self._total_steps = 1
         self._train_metrics_logged = False
         self.test_reliability: Optional[list[dict]] = None  # per member, of the last test run
@@ -469,6 +390,7 @@ class StackedClassifier(pl.LightningModule):
 
     def _member_datamodules(self) -> list:
         datamodule = getattr(self.trainer, "datamodule", None)
+        datamodule = getattr(datamodule, "datamodule", datamodule)  # calibration's view of the stack's
         members = getattr(datamodule, "members", None)
         if members is None or len(members) != self.num_members:
             raise ValueError(f"StackedClassifier of {self.num_members} members: fit it with "
@@ -511,7 +433,8 @@ class StackedClassifier(pl.LightningModule):
         if not self._train_metrics_logged:  # the first step of this epoch (also when a run resumed mid-epoch)
             self._log_train_metrics()
         losses = torch.stack([output["loss"] for output in outputs])
-        loss = torch.where(torch.isfinite(losses) & ~self.failed, losses, 0.0).sum()  # a NaN member's left out
+        active = torch.isfinite(losses) & ~self.failed & ~self.stopped
+        loss = torch.where(active, losses, 0.0).sum()  # a NaN, failed or stopped member's left out
         return StackedStepOutput(loss=loss, members=[{**output, "loss": output["loss"].detach()} for output in outputs])
 
     def _log_train_metrics(self) -> None:
@@ -544,8 +467,9 @@ class StackedClassifier(pl.LightningModule):
         for i, (metrics, (_, targets, _)) in enumerate(zip(self.members, batch)):
             getattr(metrics, f"{split}_metrics").update(logits[i], targets)
         if batch_idx == 0:  # handed to Lightning once; it computes them at the epoch's end and resets them
-            for name, metrics in zip(self.names, self.members):
-                log_epoch_metrics(self, getattr(metrics, f"{split}_metrics"), f"{name}/")
+            for i, (name, metrics) in enumerate(zip(self.names, self.members)):  # the bar shows the first three
+                log_epoch_metrics(self, getattr(metrics, f"{split}_metrics"), f"{name}/",
+                                  prog_bar=("val/acc",) if i < PROGRESS_MEMBERS else ())
         return logits
 
     def validation_step(self, batch, batch_idx: int) -> None:
@@ -584,6 +508,16 @@ class StackedClassifier(pl.LightningModule):
         state.update({f"val_acc_best.{key}": value.clone()
                       for key, value in self.members[i].val_acc_best.state_dict().items()})
         return state
+
+
+    @torch.no_grad()
+    def load_member_state_dict(self, i: int, state: dict) -> None:
+        """Set member ``i`` from its single job's state dict (:meth:`member_state_dict`'s format, e.g. a member's
+        checkpoint's ``state_dict``)."""
+        self.net.load_member_state_dict(i, {k[4:]: v for k, v in state.items() if k.startswith("net.")})
+        self.smoothing[i].load_state_dict({k[10:]: v for k, v in state.items() if k.startswith("smoothing.")})
+        self.members[i].val_acc_best.load_state_dict(
+            {k[13:]: v for k, v in state.items() if k.startswith("val_acc_best.")})
 
 
 def member_metrics(metrics: dict, name: str) -> dict:

@@ -13,32 +13,20 @@ results.json and a sweep goes on.
 from __future__ import annotations
 
 import logging
-import math
-import time
 import warnings
 from pathlib import Path
 from typing import Any, Optional
 
 import hydra
-import numpy as np
 import pytorch_lightning as pl
 from omegaconf import DictConfig, OmegaConf
 
 from adaptive_ls.calibration import calibrate
 from adaptive_ls.callbacks import EpochHistory
-from adaptive_ls.config import (
-    build_run,
-    choice_name,
-    config_errors,
-    group_settings,
-    instantiate_group,
-    noise_kind_name,
-)
+from adaptive_ls.config import build_run, instantiate_group
+from adaptive_ls.job import Job
 from adaptive_ls.jsonio import write_json
-from adaptive_ls.loggers import finishing
-from adaptive_ls.noise import label_hash
-from adaptive_ls.resume import RunState, check_resumed_labels, keep_previous_logs, plan_resume
-from adaptive_ls.sweeps import is_global_zero
+from adaptive_ls.resume import RunState
 
 log = logging.getLogger(__name__)
 
@@ -49,62 +37,25 @@ RESULT_METRICS = ("val/acc", "val/nll", "val/acc_best", "train/loss", "train/acc
 def run(cfg: DictConfig) -> dict[str, Any]:
     """Train and test once as ``cfg`` says; returns (and writes) the results dictionary. The entry point
     (:mod:`adaptive_ls.cli`) holds the folder's lock around it."""
-    start = time.time()
     datamodule, module = build_run(cfg)  # every check that needs no data: fails in the first second
-    output_dir, writes = Path(cfg.paths.output_dir), is_global_zero()
-    plan = plan_resume(cfg)  # None: a fresh run; refuses a folder that holds another run
-    results = initial_results(cfg, datamodule)
     callbacks = instantiate_callbacks(cfg)
-    loggers = list(instantiate_group(cfg, "logger").values())  # a W&B run starts here: later failures show up
-    if plan is not None and writes:
-        keep_previous_logs(loggers, plan.epoch)
-    with finishing(loggers, results, output_dir / "results.json"):
-        for logger in loggers:
-            logger.log_hyperparams(job_config(cfg))
-        results.update(load_data(cfg, datamodule))
-        if plan is not None:
-            check_resumed_labels(plan, results["noise/labels_hash"])
-            results.update({"resumed_from_epoch": plan.epoch, "checkpoint/resumed_from": str(plan.checkpoint)})
-        if writes:
-            write_noise_artifacts(output_dir, datamodule)
-            write_json(output_dir / "results.json", results)  # status running: a killed job shows up as such
-
-        run_state = RunState(OmegaConf.to_container(cfg, resolve=True), results["noise/labels_hash"])
+    job = Job(cfg, datamodule)  # refuses a folder that holds another run; starts the loggers
+    with job.ending_on_error():
+        job.load()
+        run_state = RunState(OmegaConf.to_container(cfg, resolve=True), job.results["noise/labels_hash"])
         # Under DDP every process evaluates the whole val/test set (identical metrics; torchmetrics states are
         # synced): Lightning's advice to sync epoch-level logs does not apply.
         warnings.filterwarnings("ignore", message=r".*self.log\(.*sync_dist=True\).*distributed setting")
         trainer: pl.Trainer = hydra.utils.instantiate(cfg.trainer, callbacks=[*callbacks, run_state],
-                                                      logger=loggers or False)
-        trainer.fit(module, datamodule=datamodule, ckpt_path=plan.checkpoint if plan else None)
+                                                      logger=job.loggers or False)
+        trainer.fit(module, datamodule=datamodule, ckpt_path=job.plan.checkpoint if job.plan else None)
 
-        results.update(fit_results(trainer))
+        job.results.update(fit_results(trainer.callbacks, trainer.world_size, trainer.precision))
         if trainer.world_size > 1:
-            results["ddp/labels_hash_per_rank"] = run_state.labels_hash_per_rank
-        results.update(test_results(trainer, module, datamodule, cfg.get("test_best", True),
-                                    output_dir if writes else None))
-        results.update(status="completed", wall_time_s=time.time() - start)  # this attempt's time
-        if writes:
-            write_json(output_dir / "results.json", results)
-    log.info("results: test/acc %.4f  test/ece %.4f  test/nll %.4f  (%s)", results.get("test/acc", math.nan),
-             results.get("test/ece", math.nan), results.get("test/nll", math.nan), output_dir / "results.json")
-    return results
-
-
-def initial_results(cfg: DictConfig, datamodule) -> dict[str, Any]:
-    """What results.json says of a job before it trains: its status (running), seeds, folder and settings."""
-    return {
-        "status": "running", "seed": cfg.seed, "noise_seed": cfg.noise_seed,
-        "output_dir": str(Path(cfg.paths.output_dir)),
-        "smoothing": choice_name(cfg, "smoothing"), **group_settings(cfg, "smoothing"),
-        "noise": noise_kind_name(cfg), "noise_setting": choice_name(cfg, "noise"), **group_settings(cfg, "noise"),
-        "data": type(datamodule).__name__, "model": cfg.model._target_.rsplit(".", 1)[-1]}
-
-
-def load_data(cfg: DictConfig, datamodule) -> dict[str, Any]:
-    """Load the job's data (the checks that need it: present, intact, label file, splits) and summarise its noise."""
-    with config_errors("data", cfg):
-        datamodule.setup("fit")
-    return noise_summary(datamodule)
+            job.results["ddp/labels_hash_per_rank"] = run_state.labels_hash_per_rank
+        job.results.update(test_results(trainer, module, datamodule, cfg.get("test_best", True),
+                                        job.output_dir if job.writes else None))
+    return job.complete()
 
 
 def instantiate_callbacks(cfg: DictConfig) -> list[pl.Callback]:
@@ -120,42 +71,15 @@ def instantiate_callbacks(cfg: DictConfig) -> list[pl.Callback]:
     return callbacks
 
 
-def job_config(cfg: DictConfig) -> dict[str, Any]:
-    """The resolved job config, plus Hydra's choices, overrides and job number (what a W&B filter wants)."""
-    from hydra.core.hydra_config import HydraConfig
-
-    config = OmegaConf.to_container(cfg, resolve=True)
-    if HydraConfig.initialized():
-        hydra_cfg = HydraConfig.get()
-        config["hydra"] = {"choices": OmegaConf.to_container(hydra_cfg.runtime.choices),
-                           "overrides": list(hydra_cfg.overrides.task), "job_num": hydra_cfg.job.get("num"),
-                           "output_dir": hydra_cfg.runtime.output_dir}
-    return config
-
-
-def noise_summary(datamodule) -> dict[str, Any]:
-    """What the noise did: the realised rate, how many labels, and a fingerprint of the noisy labels."""
-    noisy = datamodule.noisy_labels.numpy()
-    summary = {"noise/realized_rate": datamodule.realized_noise_rate, "noise/labels_hash": label_hash(noisy),
-               "noise/num_noisy": int(datamodule.is_noisy.sum())}
-    log.info("noise: realised rate %.4f (%d of %d labels), hash %s", summary["noise/realized_rate"],
-             summary["noise/num_noisy"], len(noisy), summary["noise/labels_hash"])
-    return summary
-
-
-def write_noise_artifacts(output_dir: Path, datamodule) -> None:
-    """The noisy labels the run trains on, and their empirical transition matrix, beside its results."""
-    output_dir.mkdir(parents=True, exist_ok=True)
-    np.save(output_dir / "noisy_labels.npy", datamodule.noisy_labels.numpy())
-    np.savetxt(output_dir / "noise_transition.csv", datamodule.transition_matrix(), delimiter=",", fmt="%.6f")
-
-
-def fit_results(trainer: pl.Trainer) -> dict[str, Any]:
+def fit_results(callbacks: list[pl.Callback], world_size: int = 1, precision: str = "32-true") -> dict[str, Any]:
     """The history of every epoch, each result metric's last measured value, the precision the job trained in (a
-    per-machine default: the report shows it where the rows differ), and the last checkpoint."""
-    history = next((cb.history for cb in trainer.callbacks if isinstance(cb, EpochHistory)), [])
-    last = [cb for cb in trainer.checkpoint_callbacks if cb.monitor is None]  # with no monitor, "best" is the latest
-    return {**history_results(history), "world_size": trainer.world_size, "precision": str(trainer.precision),
+    per-machine default: the report shows it where the rows differ), and the last checkpoint, from the job's
+    callbacks."""
+    from pytorch_lightning.callbacks import ModelCheckpoint
+
+    history = next((cb.history for cb in callbacks if isinstance(cb, EpochHistory)), [])
+    last = [cb for cb in callbacks if isinstance(cb, ModelCheckpoint) and cb.monitor is None]  # "best": the latest
+    return {**history_results(history), "world_size": world_size, "precision": str(precision),
             "checkpoint/last": last[0].best_model_path if last else ""}
 
 
@@ -170,16 +94,35 @@ def test_results(trainer: pl.Trainer, module, datamodule, test_best: bool,
                  output_dir: Optional[Path]) -> dict[str, Any]:
     """Test metrics of the final weights, with temperature scaling fitted on the validation split, and the test
     accuracy of the best checkpoint by the monitored metric; writes reliability.json into ``output_dir``."""
-    results = {k: float(v) for k, v in trainer.test(module, datamodule=datamodule, verbose=False)[0].items()}
-    results.update(calibrate(trainer, module, datamodule))
-    if module.test_reliability is not None and output_dir is not None:
-        write_json(output_dir / "reliability.json", {k: v.tolist() for k, v in module.test_reliability.items()})
+    tested = trainer.test(module, datamodule=datamodule, verbose=False)[0]
+    calibration, reliability = calibrate(trainer, module, datamodule), module.test_reliability
+    best = best_checkpoint(trainer.callbacks) if test_best else None
+    tested_best = None
+    if best is not None:
+        tested_best = trainer.test(module, datamodule=datamodule, ckpt_path=best.best_model_path, verbose=False)[0]
+    return test_record(tested, calibration, reliability, best, tested_best, output_dir)
+
+
+def best_checkpoint(callbacks: list[pl.Callback]):
+    """The job's checkpoint callback with a monitor, once it has saved a best checkpoint (else None)."""
+    from pytorch_lightning.callbacks import ModelCheckpoint
+
+    best = [cb for cb in callbacks if isinstance(cb, ModelCheckpoint) and cb.monitor is not None]
+    return best[0] if best and best[0].best_model_path else None
+
+
+def test_record(tested: dict, calibration: dict, reliability: Optional[dict], best, tested_best: Optional[dict],
+                output_dir: Optional[Path]) -> dict[str, Any]:
+    """What results.json holds of a job's tests (a single run's or a stack member's): the final weights' test
+    metrics and calibration, the best checkpoint's test accuracy; reliability.json into ``output_dir``."""
+    results = {k: float(v) for k, v in tested.items()}
+    results.update(calibration)
+    if reliability is not None and output_dir is not None:
+        write_json(output_dir / "reliability.json", {k: v.tolist() for k, v in reliability.items()})
     results["test/acc_at_best_val"] = results["test/acc"]
-    best = [cb for cb in trainer.checkpoint_callbacks if cb.monitor is not None]
-    if test_best and best and best[0].best_model_path:
-        tested = trainer.test(module, datamodule=datamodule, ckpt_path=best[0].best_model_path, verbose=False)[0]
-        results.update({"test/acc_at_best_val": float(tested["test/acc"]), "checkpoint/best": best[0].best_model_path,
-                        "checkpoint/monitor": best[0].monitor})
+    if tested_best is not None:
+        results.update({"test/acc_at_best_val": float(tested_best["test/acc"]), "checkpoint/best": best.best_model_path,
+                        "checkpoint/monitor": best.monitor})
     return results
 
 

@@ -102,7 +102,7 @@ def test_a_diverging_job_fails_alone_and_the_sweep_goes_on(tmp_path):
 
 @pytest.mark.slow
 def test_seeds_fix_the_labels_and_the_numbers(tmp_path, caplog):
-    caplog.set_level(logging.INFO, logger="adaptive_ls.train")
+    caplog.set_level(logging.INFO, logger="adaptive_ls.job")
     first, again, other_seed = (run_in(tmp_path / name, "trainer.max_epochs=1", f"seed={seed}")
                                 for name, seed in (("first", 0), ("again", 0), ("other_seed", 1)))
     # same seed on the CPU: the same numbers, epoch by epoch

@@ -23,7 +23,7 @@ from omegaconf import OmegaConf
 import adaptive_ls.stacked_run as stacked_run
 from adaptive_ls.errors import JobInterrupted, OutputDirError
 from adaptive_ls.report import jobs_table, read_jobs
-from adaptive_ls.stacked_run import STACK_MARKER, better, group_jobs, stack_key, stack_refusal
+from adaptive_ls.stacked_run import STACK_MARKER, group_jobs, stack_key, stack_refusal
 from adaptive_ls.train import run
 from hydra_plugins.adaptive_ls_stacked.stacked_launcher import check_execution, check_max_members
 from tests import wandb_records
@@ -144,31 +144,20 @@ def test_a_job_that_fails_its_checks_runs_alone_and_the_others_still_stack(tmp_p
     assert not (tmp_path / "sweep" / "2" / STACK_MARKER).exists()
 
 
-def test_best_epochs_follow_the_monitor_mode_and_ties_keep_the_earlier():
-    from pytorch_lightning.callbacks import ModelCheckpoint
-
-    best = ModelCheckpoint(monitor="val/acc", mode="max")
-    assert better(best, 0.1)  # nothing kept yet
-    best.best_model_path, best.best_model_score = "best-epoch001.ckpt", torch.tensor(0.5)
-    assert better(best, 0.6) and not better(best, 0.5) and not better(best, float("nan"))
-    best = ModelCheckpoint(monitor="val/nll", mode="min")
-    best.best_model_path, best.best_model_score = "best-epoch001.ckpt", torch.tensor(1.0)
-    assert better(best, 0.9) and not better(best, 1.1)
-
-
 JOBS = (("smoothing=fixed", "seed=0"), ("smoothing=adaptive", "seed=1"))
 
 
-def train_stack_in(folder: Path, *overrides: str, jobs=JOBS, poison: Optional[int] = None) -> list[dict]:
+def train_stack_in(folder: Path, *overrides: str, jobs=JOBS, poison: Optional[int] = None,
+                   callbacks=()) -> list[dict]:
     """A stack of ``jobs``, 3 epochs, trained in-process in ``folder``/<job>; member ``poison`` starts from NaN
-    weights."""
+    weights; ``callbacks`` for the whole stack (faults)."""
     with ExitStack() as locks, one_thread():
         members = [stacked_run.prepare_member(compose_run(folder / str(i), *job, "trainer.max_epochs=3", *overrides),
                                               locks) for i, job in enumerate(jobs)]
         if poison is not None:
             with torch.no_grad():
                 next(members[poison].module.net.parameters()).fill_(float("nan"))
-        return stacked_run.train_stack(members)
+        return stacked_run.train_stack(members, callbacks=callbacks)
 
 
 @pytest.mark.slow
@@ -197,16 +186,12 @@ def test_a_members_checkpoint_is_its_single_jobs(tmp_path):
 
 
 @pytest.mark.slow
-def test_an_interrupted_stack_continues_from_its_last_checkpoint(tmp_path, monkeypatch):
+def test_an_interrupted_stack_continues_from_its_last_checkpoint(tmp_path):
     whole = train_stack_in(tmp_path / "whole")
-    diagnostics = stacked_run.member_diagnostics
-    crashing = lambda *args: [*diagnostics(*args), CrashAt(epoch=2, batch=3)]  # noqa: E731
     for folder in ("resumed", "changed"):
-        monkeypatch.setattr(stacked_run, "member_diagnostics", crashing)
         with pytest.raises(Crash):
-            train_stack_in(tmp_path / folder)
+            train_stack_in(tmp_path / folder, callbacks=[CrashAt(epoch=2, batch=3)])
         assert (tmp_path / folder / "0" / "checkpoints" / "stack-last.ckpt").is_file()
-    monkeypatch.setattr(stacked_run, "member_diagnostics", diagnostics)
     resumed = train_stack_in(tmp_path / "resumed")
     for ours, theirs in zip(resumed, whole):
         assert ours["resumed_from_epoch"] == 1 and ours["status"] == "completed"
@@ -214,8 +199,9 @@ def test_an_interrupted_stack_continues_from_its_last_checkpoint(tmp_path, monke
         assert ours["history"] == theirs["history"]
         for key in ("test/acc", "test/acc_at_best_val", "test/nll"):
             assert ours[key] == theirs[key], key
-    # other settings: refused, as a single run's folder is, and the interrupted stack's checkpoint kept
-    refused = r"interrupted stack with other settings \(job 0: .*optimizer.lr: 0.05 -> 0.01"
+    # other settings: refused, as a single run's folder is (each job's own last.ckpt says so first), and the
+    # interrupted stack's checkpoint kept
+    refused = r"holds an interrupted (run|stack) with other settings \(.*optimizer.lr: 0.05 -> 0.01"
     with pytest.raises(OutputDirError, match=refused):
         train_stack_in(tmp_path / "changed", "optimizer.lr=0.01")
     assert (tmp_path / "changed" / "0" / "checkpoints" / "stack-last.ckpt").is_file()
@@ -244,16 +230,13 @@ class SignalAt(CrashAt):
 
 
 @pytest.mark.slow
-def test_a_signal_stops_the_stack_records_every_member_interrupted_and_it_continues(tmp_path, monkeypatch):
+def test_a_signal_stops_the_stack_records_every_member_interrupted_and_it_continues(tmp_path):
     whole = train_stack_in(tmp_path / "whole")
-    diagnostics = stacked_run.member_diagnostics
-    monkeypatch.setattr(stacked_run, "member_diagnostics", lambda *args: [*diagnostics(*args), SignalAt(1, 3)])
     with pytest.raises(JobInterrupted):
-        train_stack_in(tmp_path / "stopped")
+        train_stack_in(tmp_path / "stopped", callbacks=[SignalAt(1, 3)])
     for job in ("0", "1"):
         recorded = json.loads((tmp_path / "stopped" / job / "results.json").read_text())
         assert recorded["status"] == "interrupted" and recorded["signal"] == "SIGTERM"
-    monkeypatch.setattr(stacked_run, "member_diagnostics", diagnostics)
     continued = train_stack_in(tmp_path / "stopped")
     for ours, theirs in zip(continued, whole):
         assert ours["status"] == "completed" and ours["resumed_from_epoch"] == 0
@@ -287,16 +270,10 @@ def test_sigterm_ends_a_stacked_sweep_as_a_job_and_the_same_command_continues_it
 
 
 @pytest.mark.slow
-def test_a_member_that_fails_in_its_tests_fails_alone(tmp_path, monkeypatch):
-    real = stacked_run.member_trainer
-
-    def failing_for_the_first(member):
-        if member.output_dir.name == "0":
-            raise RuntimeError("no memory left for the test")
-        return real(member)
-
-    monkeypatch.setattr(stacked_run, "member_trainer", failing_for_the_first)
-    first, second = train_stack_in(tmp_path)
+def test_a_member_that_fails_in_its_tests_fails_alone(tmp_path):
+    first, second = train_stack_in(tmp_path, "+callbacks.fail._target_=tests.toys.FailsInTestsOf",
+                                   "+callbacks.fail.job=0",
+                                   "+callbacks.fail.folder=${paths.output_dir}")
     recorded = json.loads((tmp_path / "0" / "results.json").read_text())
     assert first["status"] == recorded["status"] == "failed" and "no memory left" in recorded["error"]
     assert second["status"] == "completed" and "test/acc" in second
@@ -313,14 +290,11 @@ def test_epochs_without_validation_leave_val_keys_out_of_the_history_as_a_single
 
 
 @pytest.mark.slow
-def test_a_continued_stack_keeps_the_record_of_a_member_that_had_failed(tmp_path, monkeypatch):
-    diagnostics = stacked_run.member_diagnostics
-    monkeypatch.setattr(stacked_run, "member_diagnostics", lambda *args: [*diagnostics(*args), CrashAt(2, 3)])
+def test_a_continued_stack_keeps_the_record_of_a_member_that_had_failed(tmp_path):
     with pytest.raises(Crash):
-        train_stack_in(tmp_path, poison=1)
+        train_stack_in(tmp_path, poison=1, callbacks=[CrashAt(2, 3)])
     failed = json.loads((tmp_path / "1" / "results.json").read_text())
     assert failed["status"] == "failed" and "epoch 0" in failed["error"]
-    monkeypatch.setattr(stacked_run, "member_diagnostics", diagnostics)
     healthy, again = train_stack_in(tmp_path)
     assert healthy["status"] == "completed" and healthy["resumed_from_epoch"] == 1
     assert again == failed == json.loads((tmp_path / "1" / "results.json").read_text())
@@ -331,8 +305,9 @@ def test_under_optuna_a_failed_member_is_a_failed_trial_and_the_others_report_th
 
     from hydra_plugins.adaptive_ls_stacked.stacked_launcher import StackedLauncher
 
-    members = [stacked_run.Member(cfg=OmegaConf.create({}), datamodule=None, module=None, results={})
-               for _ in range(2)]
+    from types import SimpleNamespace
+
+    members = [stacked_run.Member(job=SimpleNamespace(cfg=OmegaConf.create({})), module=None) for _ in range(2)]
     prepared = {0: (JobReturn(), members[0]), 1: (JobReturn(), members[1])}
     outcome = [{"status": "failed", "error": "NonFiniteLossError: NaN"}, {"status": "completed", "val/acc_best": 0.5}]
     for optuna in (True, False):
@@ -340,6 +315,40 @@ def test_under_optuna_a_failed_member_is_a_failed_trial_and_the_others_report_th
         returns = StackedLauncher().train_prepared(prepared, members, None, lambda members: outcome)
         assert returns[1].status == JobStatus.COMPLETED and returns[1].return_value == 0.5
         if optuna:
-            assert returns[0].status == JobStatus.FAILED and "NaN" in str(returns[0]._return_value)
+            assert returns[0].status == JobStatus.FAILED
+            with pytest.raises(RuntimeError, match="NaN"):
+                returns[0].return_value  # what Hydra raises for a failed trial
         else:
             assert returns[0].status == JobStatus.COMPLETED and math.isnan(returns[0].return_value)
+
+
+@pytest.mark.slow
+def test_a_users_callback_runs_per_member_and_stops_its_own_job(tmp_path):
+    """One class (tests/toys.py) and one yaml in the user's config folder, in a stack of 3: each job has its own
+    callback (its own offset, its own stop), a stopped job is masked while the others train on, and every job's
+    numbers are its single run's (looped members on a CPU); Lightning's EarlyStopping works per member too."""
+    conf = tmp_path / "my_conf" / "callbacks"
+    conf.mkdir(parents=True)
+    (conf / "with_toy.yaml").write_text("defaults:\n  - default\ntoy:\n  _target_: tests.toys.MemberEpochs\n"
+                                        "  offset: ${seed}\n  stop_after: ${seed}\n")
+    grid = (f"hydra.searchpath=[file://{tmp_path / 'my_conf'}]", "callbacks=with_toy", "seed=1,2,4",
+            "trainer.max_epochs=4", "+callbacks.early._target_=pytorch_lightning.callbacks.EarlyStopping",
+            "+callbacks.early.monitor=val/acc", "+callbacks.early.mode=max", "+callbacks.early.min_delta=1.0",
+            "+callbacks.early.patience=2")
+    stacked = entry_point(*grid, "hydra/launcher=stacked", run_dir=tmp_path / "stacked", multirun=True)
+    assert stacked.returncode == 0, stacked.stderr[-3000:]
+    assert "training 3 jobs as one stack" in stacked.stdout + stacked.stderr
+    basic = entry_point(*grid, run_dir=tmp_path / "basic", multirun=True)
+    assert basic.returncode == 0, basic.stderr[-3000:]
+    ours, theirs = results(tmp_path / "stacked"), results(tmp_path / "basic")
+    # seeds 1 and 2 stop themselves after 1 and 2 epochs; EarlyStopping (patience 2) stops seed 4 after 3 of 4
+    assert [len(ours[job]["history"]) for job in ("0", "1", "2")] == [1, 2, 3]
+    for job, seed in (("0", 1), ("1", 2), ("2", 4)):
+        assert ours[job]["status"] == "completed"
+        assert [row["toy/epochs"] for row in ours[job]["history"]] == [seed + 1 + e for e in
+                                                                        range(len(ours[job]["history"]))]
+        assert ours[job]["history"] == theirs[job]["history"], job
+        for key in ("test/acc", "test/nll", "test/acc_at_best_val", "val/acc_best"):
+            assert ours[job][key] == theirs[job][key], (job, key)
+        log = (tmp_path / "stacked" / job / "train.log").read_text()
+        assert "epoch 1/4: " in log and "val/acc" in log  # each job's own epoch lines in its log

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, Optional, Sequence
 
 from hydra.core.config_store import ConfigStore
+from hydra.core.hydra_config import HydraConfig
 from hydra.core.utils import JobReturn, JobStatus, configure_log, filter_overrides, run_job, setup_globals
 from hydra.plugins.launcher import Launcher
 from hydra.types import HydraContext, TaskFunction
@@ -50,6 +51,14 @@ def check_execution(value: Any) -> str:
     if value not in EXECUTIONS:
         raise ValueError(f"hydra.launcher.execution={value!r}: allowed are {', '.join(EXECUTIONS)}")
     return value
+
+
+def prepared_or_error(prepare, cfg: DictConfig, locks: ExitStack) -> Any:
+    """The prepared member, or the error that keeps the job out of the stack (it then runs alone and reports it)."""
+    try:
+        return prepare(cfg, locks)
+    except Exception as error:
+        return error
 
 
 class StackedLauncher(Launcher):
@@ -114,12 +123,13 @@ class StackedLauncher(Launcher):
         for i, sweep_config in enumerate(configs):
             locks[i] = ExitStack()
             ret = run_job(hydra_context=self.hydra_context, config=sweep_config,
-                          task_function=lambda cfg, held=locks[i]: prepare_member(cfg, held),
+                          task_function=lambda cfg, held=locks[i]: prepared_or_error(prepare_member, cfg, held),
                           job_dir_key="hydra.sweep.dir", job_subdir_key="hydra.sweep.subdir")
-            if ret.status == JobStatus.COMPLETED:
-                prepared[i] = (ret, ret._return_value)
+            if ret.status == JobStatus.COMPLETED and not isinstance(ret.return_value, BaseException):
+                prepared[i] = (ret, ret.return_value)
             else:
-                log.info("job #%s runs alone: %s", sweep_config.hydra.job.num, ret._return_value)
+                log.info("job #%s runs alone: %s", sweep_config.hydra.job.num,
+                         ret.return_value if ret.status == JobStatus.COMPLETED else "it failed to start")
                 alone.append(i)
         configure_log(self.config.hydra.hydra_logging, self.config.hydra.verbose)
         if len(prepared) == 1:
@@ -130,7 +140,8 @@ class StackedLauncher(Launcher):
             locks[i].close()
         returns: dict[int, JobReturn] = {}
         try:  # the stack first: its members are prepared (their data loaded, their clocks started)
-            if prepared:
+            if prepared:  # Hydra's config is a job of this sweep while it trains (how to continue it, its sweeper)
+                HydraConfig.instance().set_config(configs[next(iter(prepared))])
                 members = [member for _, member in prepared.values()]
                 train = partial(train_stack, execution=self.execution)
                 returns.update(self.train_prepared(prepared, members, record_stack_failure, train))
@@ -166,21 +177,19 @@ class StackedLauncher(Launcher):
             if result.get("status") != "completed" and self.marks_failures(member):
                 # Optuna: a failed trial, as a single job's raised error is (told NaN, optuna 2.10 ends the study)
                 ret.status = JobStatus.FAILED
-                ret._return_value = RuntimeError(result.get("error") or "the job failed in its stack")
+                ret.return_value = RuntimeError(result.get("error") or "the job failed in its stack")
             else:
                 ret.status = JobStatus.COMPLETED
-                ret.return_value = result.get(member.cfg.get("optimized_metric", "val/acc_best"), math.nan)
+                ret.return_value = result.get(member.job.cfg.get("optimized_metric", "val/acc_best"), math.nan)
             returns[i] = ret
         return returns
 
     @staticmethod
     def marks_failures(member) -> bool:
         """Whether the sweep's sweeper takes a failed job as a failed trial (Optuna) rather than a NaN value."""
-        from adaptive_ls.stacked_run import member_hydra
         from adaptive_ls.sweeps import sweeper_marks_failures
 
-        with member_hydra(member):
-            return sweeper_marks_failures()
+        return sweeper_marks_failures()
 
     @staticmethod
     def stop(member, interrupted) -> None:
@@ -188,11 +197,9 @@ class StackedLauncher(Launcher):
         continues the sweep, exit code 128 + the signal."""
         import sys
 
-        from adaptive_ls.stacked_run import member_hydra
         from adaptive_ls.sweeps import stop_summary
 
-        with member_hydra(member):
-            line = stop_summary(interrupted.signal.name, interrupted.status)
+        line = stop_summary(interrupted.signal.name, interrupted.status)  # Hydra's config: a job of this sweep
         log.warning(line)
         print(line, file=sys.stderr)
         raise SystemExit(interrupted.exit_code) from None
