@@ -21,8 +21,9 @@ import hydra
 from omegaconf import DictConfig
 
 from adaptive_ls.errors import ConfigError, JobInterrupted, NonFiniteLossError, OutputDirError, RunCompleted
+from adaptive_ls.ownership import owns
 from adaptive_ls.run_lock import run_lock
-from adaptive_ls.sweeps import is_global_zero, is_multirun, stop_summary, sweeper_marks_failures
+from adaptive_ls.sweeps import is_global_zero, is_multirun, note_failed_job, stop_summary, sweeper_marks_failures
 
 log = logging.getLogger(__name__)
 
@@ -33,8 +34,11 @@ CONFIG_DIR = str(Path(__file__).resolve().parent / "conf")
 
 def record_failure(cfg: DictConfig, error: BaseException) -> None:
     """:func:`adaptive_ls.job.record_failure`, imported when needed: the entry point loads torch only for a run, so a
-    folder refused by its lock (an OutputDirError, never recorded) is answered in a second or two."""
-    if isinstance(error, OutputDirError) or not is_global_zero():
+    folder refused by its lock (an OutputDirError, never recorded) is answered in a second or two.
+
+    Only in a folder that is the job's (:func:`adaptive_ls.ownership.owns`): a job refused in a folder holding another
+    run leaves that folder and its results.json as they are."""
+    if isinstance(error, OutputDirError) or not is_global_zero() or not owns(Path(cfg.paths.output_dir)):
         return
     from adaptive_ls.job import record_failure as record
 
@@ -61,6 +65,7 @@ def main(cfg: DictConfig) -> Optional[float]:
     except Exception as error:
         if is_multirun() and sweeper_marks_failures():  # Optuna: a raised error fails the trial, a NaN the study
             record_failure(cfg, error)
+            note_failed_job()
             raise
         return handle_failure(cfg, error, multirun=is_multirun())
     return results.get(cfg.get("optimized_metric", "val/acc_best"))
@@ -98,7 +103,9 @@ def handle_failure(cfg: DictConfig, error: BaseException, multirun: bool) -> flo
         if isinstance(error, RunCompleted):
             log.info("job already completed in %s: its results stand", cfg.paths.output_dir)
             return error.results.get(cfg.get("optimized_metric", "val/acc_best"), math.nan)
-        where = "" if isinstance(error, OutputDirError) else f" (recorded in {cfg.paths.output_dir}/results.json)"
+        note_failed_job()  # the sweep exits non-zero once its other jobs have run
+        where = f" (recorded in {cfg.paths.output_dir}/results.json)" if owns(Path(cfg.paths.output_dir)) and \
+            not isinstance(error, OutputDirError) else ""
         if expected is None:
             log.error("job failed%s; the sweep goes on", where, exc_info=error)
         else:

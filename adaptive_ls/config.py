@@ -101,6 +101,9 @@ def build_run(cfg: DictConfig) -> tuple[Any, Any]:
     """Check every setting that needs no data and build the run's data module and LightningModule from the config
     (nothing is loaded yet); raise :class:`ConfigError` on the first bad setting.
 
+    Then the rest of the run's objects are built and dropped (:mod:`adaptive_ls.preflight`), so a mistake in the
+    optimizer, schedule, callbacks or Trainer fails here too.
+
     Checks that need the data (the dataset is present and intact, a label file matches it, the validation split fits
     in the training set) run when it is loaded: ``train.run`` wraps the loading in :func:`config_errors`.
     """
@@ -117,11 +120,15 @@ def build_run(cfg: DictConfig) -> tuple[Any, Any]:
     if trainer.get("max_epochs") is not None:
         check_int("trainer.max_epochs", trainer.max_epochs, 1)
     _check_process_launch(trainer)
+    from adaptive_ls.preflight import build_node, check_graph, check_settings
+
+    check_settings(cfg)  # every value against what its callee's signature allows
     pl.seed_everything(cfg.seed, workers=True, verbose=False)  # before the net is built: the training seed fixes its init
     with config_errors("data", cfg):  # batch and split sizes, loader, the noise kind and its settings
-        datamodule = hydra.utils.instantiate(cfg.data)
+        datamodule = build_node(cfg, "data")
     with config_errors("module", cfg):  # the policy, the net, the optimizer and schedule, the module's options
-        module = hydra.utils.instantiate(cfg.module)
+        module = build_node(cfg, "module")
+    check_graph(cfg, datamodule, module)  # a batch through the net, optimizer, schedule, callbacks, Trainer
     return datamodule, module
 
 

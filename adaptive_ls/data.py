@@ -28,6 +28,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from adaptive_ls import noise as noise_lib
+from adaptive_ls.data_files import check_cifar10_files, image_problem, load_cache
 
 log = logging.getLogger(__name__)
 
@@ -249,6 +250,9 @@ class NoisyLabelDataModule(pl.LightningDataModule):
             raise ValueError(f"val_size={val_size}: allowed is an integer >= 0 (0 = no validation split)")
         if loader not in LOADERS:
             raise ValueError(f"loader={loader!r}: allowed are {', '.join(LOADERS)}")
+        for name, value in (("num_workers", num_workers), ("crop_padding", crop_padding)):
+            if int(value) < 0:
+                raise ValueError(f"{name}={value}: allowed is an integer >= 0")
         _check_matches_data("num_classes", num_classes, self.num_classes, "{} classes")
         _check_matches_data("in_channels", in_channels, self.image_channels, "{}-channel images")
         self.root, self.download, self.verify = str(root), bool(download), bool(verify)
@@ -434,6 +438,7 @@ class DigitsDataModule(NoisyLabelDataModule):
     class_names = tuple(str(d) for d in range(10))
     asymmetric_map = noise_lib.MNIST_ASYMMETRIC_MAP  # Patrini et al. 2017's MNIST flips
     test_fraction = 0.2
+    image_size = (8, 8)  # known before loading: the net is checked on a batch of this shape (adaptive_ls.preflight)
 
     def __init__(self, val_size: int = 150, batch_size: int = 64, crop_padding: int = 1, hflip: bool = False, **kw):
         super().__init__(val_size=val_size, batch_size=batch_size, crop_padding=crop_padding, hflip=hflip, **kw)
@@ -465,6 +470,7 @@ class CIFAR10DataModule(NoisyLabelDataModule):
     num_classes = 10
     class_names = noise_lib.CIFAR10_CLASSES
     asymmetric_map = noise_lib.CIFAR10_ASYMMETRIC_MAP
+    image_size = (32, 32)
     mean = (0.4914, 0.4822, 0.4465)
     std = (0.2470, 0.2435, 0.2616)
 
@@ -496,6 +502,8 @@ def load_cifar10(root: str, train: bool, download: bool = False, verify: bool = 
         CIFAR10(root, train=train, download=True)
     checked = [(name, md5) for name, md5 in CIFAR10.train_list + CIFAR10.test_list]
     bad = [name for name, md5 in checked if not check_integrity(str(folder / name), md5)]
+    if bad:  # a broken file is named as such, not as a re-encoded copy that verify=false would load
+        check_cifar10_files(folder, bad)
     if bad and verify:
         raise ValueError(
             f"verify=true: {', '.join(bad)} in {folder} fail torchvision's CIFAR-10 checksums. For a local copy "
@@ -516,7 +524,11 @@ def load_cifar10(root: str, train: bool, download: bool = False, verify: bool = 
                 self.classes = pickle.load(f, encoding="latin1")[self.meta["key"]]
             self.class_to_idx = {c: i for i, c in enumerate(self.classes)}
 
-    return _UncheckedCIFAR10(root, train=train, download=False)
+    try:
+        return _UncheckedCIFAR10(root, train=train, download=False)
+    except Exception:
+        check_cifar10_files(folder, files)  # names the file torchvision could not read
+        raise
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -536,8 +548,11 @@ def decode_image_file(path: str, size: tuple[int, int], grayscale: bool = False)
     except RuntimeError:  # formats torchvision does not decode (bmp, tiff, ppm): PIL
         from PIL import Image
 
-        with Image.open(path) as im:
-            array = np.asarray(im.convert("L" if grayscale else "RGB"))
+        try:
+            with Image.open(path) as im:
+                array = np.asarray(im.convert("L" if grayscale else "RGB"))
+        except Exception as error:  # truncated or not an image: name the file
+            raise image_problem(path, error) from None
         image = torch.from_numpy(array.copy()).reshape(array.shape[0], array.shape[1], -1).permute(2, 0, 1)
     if tuple(image.shape[-2:]) != tuple(size):
         image = resize(image, list(size), antialias=True)
@@ -629,8 +644,8 @@ class ImageFolderDataModule(NoisyLabelDataModule):
             raise ValueError(f"test_dir={self.test_dir!r} has classes {test_classes}, but train_dir="
                              f"{self.train_dir!r} has {classes}: both need the same class folders")
         self.cache_path = self.cache_dir / f"imagefolder-{self._cache_key(train_samples + test_samples)}.pt"
-        if self.cache_path.is_file():
-            cached = torch.load(self.cache_path, map_location="cpu", weights_only=True)
+        cached = load_cache(self.cache_path) if self.cache_path.is_file() else None  # a broken one is rebuilt
+        if cached is not None:
             log.info("image_folder: %d + %d images from the cache %s", len(cached["train_labels"]),
                      len(cached["test_labels"]), self.cache_path)
             return cached["train_images"], cached["train_labels"], cached["test_images"], cached["test_labels"]

@@ -32,6 +32,8 @@ def conv_bn(c_in: int, c_out: int) -> nn.Sequential:
 
 def small_cnn(num_classes: int = 10, in_channels: int = 3, width: int = 32) -> nn.Module:
     """A small, fast CNN for CPU runs (digits, quick checks): three conv blocks, one pooling step, a linear head."""
+    if isinstance(width, bool) or not isinstance(width, int) or width < 1:
+        raise ModelSettingError(f"width={width!r}: allowed is an integer >= 1 (channels of the first block)")
     return nn.Sequential(
         conv_bn(in_channels, width),
         conv_bn(width, 2 * width),

@@ -25,6 +25,8 @@ from adaptive_ls.smoothing import (NoSmoothing, Progress, SmoothingPolicy, Smoot
 def cosine_schedule(optimizer: torch.optim.Optimizer, total_steps: int, warmup_fraction: float = 0.0,
                     final_lr_fraction: float = 0.0) -> torch.optim.lr_scheduler.LambdaLR:
     """Per-step linear warm-up then cosine decay to ``final_lr_fraction`` of the base learning rate."""
+    if not 0.0 <= warmup_fraction <= 1.0:  # > 1: the run would end still warming up, never reaching the peak lr
+        raise SettingError(f"warmup_fraction={warmup_fraction}: allowed is 0 <= warmup_fraction <= 1")
     warmup = int(round(warmup_fraction * total_steps))
 
     def factor(step: int) -> float:

@@ -10,6 +10,8 @@ give an ImageFolder tree's ``num_classes`` and ``in_channels``, which the model 
 ``${choice:smoothing}`` is what a job calls its policy (:func:`adaptive_ls.config.choice_name`).
 ``${epoch_fraction:0.3,${trainer.max_epochs}}`` is the epoch at 30% of training: a warm-up given by its authors as
 "60 of 200 epochs" keeps its share of a shorter schedule.
+``${pending_record:${hydra.runtime.output_dir}}`` (conf/hydra/default.yaml) is where Hydra saves a job's ``.hydra``
+until its folder is accepted (:mod:`adaptive_ls.ownership`).
 """
 from __future__ import annotations
 
@@ -103,5 +105,9 @@ def register_resolvers() -> None:
         OmegaConf.register_new_resolver("image_channels", image_channels)
     if not OmegaConf.has_resolver("epoch_fraction"):  # smoothing/{alasca,self_adaptive}.yaml: warm-up epochs
         OmegaConf.register_new_resolver("epoch_fraction", epoch_fraction)
+    if not OmegaConf.has_resolver("pending_record"):  # hydra/default.yaml: .hydra staged until the folder is the job's
+        from adaptive_ls.ownership import pending_record
+
+        OmegaConf.register_new_resolver("pending_record", pending_record)
     if not OmegaConf.has_resolver("choice"):  # logger/wandb.yaml: the W&B run's name and tags
         OmegaConf.register_new_resolver("choice", job_choice)

@@ -8,6 +8,7 @@ checkpoint of the run (:func:`newest_readable`).
 """
 from __future__ import annotations
 
+import json
 import logging
 import os
 import random
@@ -22,7 +23,7 @@ from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.plugins.io import TorchCheckpointIO
 
 from adaptive_ls.errors import ConfigError, OutputDirError, RunCompleted, one_line
-from adaptive_ls.jsonio import read_json
+from adaptive_ls.ownership import accept
 
 log = logging.getLogger(__name__)
 
@@ -66,9 +67,29 @@ def _flat(tree: Any, prefix: str = "") -> dict[str, Any]:
     return {prefix[:-1]: tree}
 
 
+def _relocated(saved: dict, current: dict) -> dict:
+    """``saved`` as if its run folder had always been ``current``'s: a moved or copied run folder is the same run
+    (``trainer.default_root_dir``, checkpoint folders and the like follow it)."""
+    old = str((saved.get("paths") or {}).get("output_dir") or "")
+    new = str((current.get("paths") or {}).get("output_dir") or "")
+    if not old or not new or old == new:
+        return saved
+
+    def move(value: Any) -> Any:
+        if isinstance(value, dict):
+            return {k: move(v) for k, v in value.items()}
+        if isinstance(value, list):
+            return [move(v) for v in value]
+        if isinstance(value, str) and (value == old or value.startswith(old.rstrip(os.sep) + os.sep)):
+            return new + value[len(old):]
+        return value
+
+    return move(saved)
+
+
 def config_differences(saved: dict, current: dict) -> list[str]:
     """``key: old -> new`` for every setting that differs, except those in RESUME_MAY_CHANGE."""
-    old, new = _flat(saved), _flat(current)
+    old, new = _flat(_relocated(saved, current)), _flat(current)
 
     def may_change(key: str) -> bool:
         return any(key == k or key.startswith(k + ".") for k in RESUME_MAY_CHANGE)
@@ -84,10 +105,21 @@ def read_run_state(checkpoint: Path) -> dict:
     """The run's own entry of a checkpoint (config, label hash, RNG states), and the epoch it was saved at."""
     try:
         state = torch.load(checkpoint, map_location="cpu", weights_only=True, mmap=True)
-    except Exception as error:  # a truncated or foreign file: say which, do not guess
-        raise OutputDirError(f"cannot read {checkpoint} to continue from it ({type(error).__name__}: "
-                             f"{one_line(error)}); set hydra.run.dir to a new folder to start afresh") from error
+    except Exception as error:  # an empty, truncated or foreign file: say which, do not guess
+        raise OutputDirError(f"cannot continue from {checkpoint}: {checkpoint_problem(checkpoint, error)}; set "
+                             f"hydra.run.dir to a new folder to start afresh") from error
     return {**state.get(CHECKPOINT_KEY, {}), "epoch": int(state.get("epoch", -1))}
+
+
+def checkpoint_problem(path: Path, error: BaseException) -> str:
+    """What is wrong with a checkpoint torch cannot load, in a user's words (torch's own message kept after it)."""
+    size = path.stat().st_size if path.is_file() else None
+    if size == 0:
+        return "the file is empty (0 bytes): it was never written"
+    text = one_line(error)
+    if any(s in text for s in ("central directory", "failed reading zip archive", "Ran out of input", "EOF")):
+        return f"the file is truncated or corrupt ({size} bytes, not a whole torch checkpoint: {text})"
+    return f"not a checkpoint torch can read ({type(error).__name__}: {text})"
 
 
 def newest_readable(last: Path) -> tuple[Path, dict]:
@@ -115,6 +147,25 @@ def newest_readable(last: Path) -> tuple[Path, dict]:
     return path, state
 
 
+RUN_STATUSES = ("running", "completed", "failed", "interrupted", "preempted")  # what this package's results.json say
+
+
+def read_run_results(path: Path) -> dict:
+    """The results.json of the run in a folder ({} when there is none). One this package did not write, or cannot
+    read, is refused (:class:`OutputDirError` naming it): it is the user's, never replaced."""
+    if not path.exists():
+        return {}
+    try:
+        results = json.loads(path.read_text())
+    except (OSError, ValueError) as error:
+        raise OutputDirError(f"{path} cannot be read ({type(error).__name__}: {one_line(error)}), so it may be "
+                             f"another program's: move it away, or set hydra.run.dir to a new folder") from None
+    if not isinstance(results, dict) or results.get("status") not in RUN_STATUSES:
+        raise OutputDirError(f"{path} was not written by adaptive_ls (no run status in it): move it away, or set "
+                             f"hydra.run.dir to a new folder")
+    return results
+
+
 def plan_resume(cfg: DictConfig) -> Optional[ResumePlan]:
     """Decide what this run does with its output folder: start fresh (None) or continue the run found there.
 
@@ -122,16 +173,16 @@ def plan_resume(cfg: DictConfig) -> Optional[ResumePlan]:
     when its settings are the same (else refused, naming the keys that differ); a completed run is refused.
     ``resume=true``: a checkpoint must be there; a completed run is reloaded from it and tested again.
     ``resume=false``: start fresh, and refuse a folder that holds a previous run's checkpoint.
+    A results.json this package did not write, or cannot read, is refused (:func:`read_run_results`).
     An unreadable ``last.ckpt`` continues from the newest readable checkpoint of the run (:func:`newest_readable`).
     A folder with neither a checkpoint nor a completed results.json (a run that failed before its first epoch
-    ended) starts fresh. Raises :class:`OutputDirError` for a refusal; it writes nothing.
+    ended) starts fresh. Raises :class:`OutputDirError` for a refusal; it writes nothing. Once the folder is
+    accepted, Hydra's record of the job and its log reach it (:func:`adaptive_ls.ownership.accept`).
     """
     output_dir = Path(cfg.paths.output_dir)
     resume = cfg.get("resume", "auto")
     results_path, last = output_dir / "results.json", output_dir / LAST_CHECKPOINT
-    results = read_json(results_path) if results_path.is_file() else {}
-    if results_path.is_file() and not results:
-        results = {"status": "unreadable"}
+    results = read_run_results(results_path)
     if results.get("status") == "completed" and resume is not True:
         raise RunCompleted(
             f"paths.output_dir={output_dir} already holds a completed run (results.json): set hydra.run.dir to a new "
@@ -141,6 +192,7 @@ def plan_resume(cfg: DictConfig) -> Optional[ResumePlan]:
         if resume is True:
             raise ConfigError(f"resume=true but there is no checkpoint to continue from ({last} does not exist); "
                               f"leave resume=auto to start fresh")
+        accept(output_dir)
         return None
     if resume is False:
         raise OutputDirError(
@@ -155,6 +207,7 @@ def plan_resume(cfg: DictConfig) -> Optional[ResumePlan]:
         raise OutputDirError(
             f"paths.output_dir={output_dir} holds an interrupted run with other settings ({'; '.join(differences)}): "
             f"re-run with its settings to continue it, or set hydra.run.dir to a new folder")
+    accept(output_dir)
     return ResumePlan(checkpoint, state.get("labels_hash"), state["epoch"])
 
 

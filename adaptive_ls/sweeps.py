@@ -162,6 +162,23 @@ def stop_summary(signal_name: str, status: str = "interrupted") -> str:
     return f"sweep stopped by {signal_name}: {'; '.join(parts)}; continue it with: {command}"
 
 
+FAILED_JOBS: set[str] = set()  # jobs of the running sweep that failed or were refused in this process
+
+
+def note_failed_job() -> None:
+    """Count the running job of a multirun as failed (it may have had no folder of its own to record it in)."""
+    from hydra.core.hydra_config import HydraConfig
+
+    if not HydraConfig.initialized():
+        return
+    hydra_cfg = HydraConfig.get()
+    output_dir, sweep_dir = Path(str(hydra_cfg.runtime.output_dir)), Path(str(hydra_cfg.sweep.dir)).resolve()
+    try:
+        FAILED_JOBS.add(str(output_dir.relative_to(sweep_dir)))
+    except ValueError:
+        FAILED_JOBS.add(str(output_dir))
+
+
 def sweeper_marks_failures() -> bool:
     """Whether the running sweeper records a job's exception as a failed trial and goes on (Optuna does, within
     ``max_failure_rate``); grid sweepers are given NaN instead, so the sweep finishes. (optuna 2.10 aborts a study
@@ -188,11 +205,23 @@ class SweepProgress(Callback):
                  hydra_cfg.runtime.output_dir)
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        """The summary; then, when a job failed or was refused, one line naming them and exit code 1, so a script
+        or a scheduler sees it (the other jobs have finished)."""
         sweep_dir = Path(str(config.hydra.sweep.dir))
+        statuses = job_statuses(sweep_dir)
         counts = sweep_status(sweep_dir)
         total = sum(counts.values())
         summary = ", ".join(f"{n} {status}" for status, n in sorted(counts.items())) or "no jobs"
         log.info("sweep finished: %d jobs (%s). Table and plots: adaptive-ls-report %s", total, summary, sweep_dir)
+        failed = sorted({*FAILED_JOBS, *(job for job, status in statuses.items() if status == "failed")},
+                        key=lambda job: [int(p) if p.isdigit() else p for p in Path(job).parts])
+        FAILED_JOBS.clear()
+        if failed:
+            line = (f"sweep finished with {len(failed)} of {max(total, len(failed))} jobs failed or refused "
+                    f"({_jobs_text(failed)}): each job's train.log and results.json say why")
+            log.error(line)
+            print(f"error: {line}", file=sys.stderr)
+            raise SystemExit(1)
 
 
 # ---------------------------------------------------------------------------------------------------------------------

@@ -76,7 +76,7 @@ def test_without_a_readable_checkpoint_the_resume_is_refused(tmp_path):
     cfg = compose_run(tmp_path)
     fake_checkpoint(tmp_path / "checkpoints" / "last.ckpt", 2, OmegaConf.to_container(cfg, resolve=True))
     truncate(tmp_path / "checkpoints" / "last.ckpt")
-    with pytest.raises(OutputDirError, match=r"cannot read .*last.ckpt to continue from it"):
+    with pytest.raises(OutputDirError, match=r"cannot continue from .*last.ckpt: the file is truncated or corrupt"):
         plan_resume(cfg)
 
 

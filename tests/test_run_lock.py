@@ -89,7 +89,7 @@ def test_a_job_of_a_sweep_in_a_held_folder_fails_alone(tmp_path):
     sweep = tmp_path / "sweep"
     with run_lock(sweep / "0"):
         proc = entry_point("trainer.max_epochs=1", run_dir=sweep, multirun=True)
-    assert proc.returncode == 0, proc.stderr[-2000:]  # the sweep goes on past the refused job
+    assert proc.returncode == 1, proc.stderr[-2000:]  # the sweep goes on past the refused job, then says so
     assert "is in use by another live run" in proc.stdout + proc.stderr
     assert not (sweep / "0" / "results.json").exists()  # that folder's results are not touched
 

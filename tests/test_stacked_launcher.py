@@ -133,7 +133,8 @@ def test_the_launcher_is_registered():
 def test_a_job_that_fails_its_checks_runs_alone_and_the_others_still_stack(tmp_path):
     sweep = entry_point("smoothing=fixed", "smoothing.eps=0.1,0.2,1.5", "trainer.max_epochs=1",
                         "hydra/launcher=stacked", run_dir=tmp_path / "sweep", multirun=True)
-    assert sweep.returncode == 0, sweep.stderr[-3000:]
+    assert sweep.returncode == 1, sweep.stderr[-3000:]  # the refused job, said once the others have run
+    assert "sweep finished with 1 of 3 jobs failed or refused (job 2)" in sweep.stderr.strip().splitlines()[-1]
     output = sweep.stdout + sweep.stderr
     assert "training 2 jobs as one stack" in output and "job #2 runs alone: " in output
     done = results(tmp_path / "sweep")

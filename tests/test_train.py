@@ -70,7 +70,7 @@ def test_run_writes_results_for_each_policy(tmp_path, policy):
 def test_entry_point_end_to_end(tmp_path):
     """`python -m adaptive_ls.train` as a user runs it: Hydra's own run dir, results.json there, exit code 0."""
     run_dir = tmp_path / "run"
-    proc = entry_point("trainer.max_epochs=1", "smoothing=adaptive", "noise.rate=0.2", run_dir=run_dir,
+    proc = entry_point("trainer.max_epochs=1", "smoothing=adaptive", "smoothing.warmup_epochs=0", "noise.rate=0.2", run_dir=run_dir,
                        preset=DIGITS_ON_CPU)
     assert proc.returncode == 0, proc.stderr[-3000:]
     results = json.loads((run_dir / "results.json").read_text())

@@ -56,6 +56,9 @@ def report(sweep_dirs: Sequence[Path], out: Optional[Path] = None,
     roots = [Path(d) for d in sweep_dirs]
     out = Path(out) if out is not None else roots[0]
     jobs = read_jobs(roots)
+    if not jobs:  # nothing to report: write nothing, so an empty table is never mistaken for a finished sweep
+        raise FileNotFoundError(f"no job folders under {', '.join(map(str, roots))} (a job folder holds .hydra/ or "
+                                f"results.json): check the sweep folder")
     out.mkdir(parents=True, exist_ok=True)
     table = jobs_table(jobs)
     rep = SweepReport(roots, out, jobs, table, summarize(table))
@@ -109,8 +112,6 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     log.info("read %d jobs under %s: %s", len(rep.jobs), ", ".join(map(str, rep.roots)), counts_text(rep.counts))
     for job in unfinished_jobs(rep.jobs):
         log.info("  %s %s: %s", job.status, job_name(job, rep.roots), job.problem or " ".join(job.overrides))
-    if not rep.jobs:
-        log.warning("no job folders found (a job folder holds .hydra/ or results.json)")
     log.info("wrote %s, %s and %d plots (%s)", rep.files["md"], rep.files["csv"], len(rep.plots),
              ", ".join(p.name for p in rep.plots.values()) or "none")
     if args.wandb:
