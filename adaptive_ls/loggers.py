@@ -14,6 +14,7 @@ Mode (``logger.wandb.mode``): ``auto`` is online when W&B credentials are availa
 from __future__ import annotations
 
 import contextlib
+import inspect
 import logging
 import os
 from pathlib import Path
@@ -117,22 +118,23 @@ class JobWandbLogger(WandbLogger):
         all_tags = [policy, noise, *([f"rate={rate_text}"] if rate_text else []), *map(str, tags)]
         id_file = self.job_dir / RUN_ID_FILE
         run_id = id_file.read_text().strip() or None if id_file.is_file() else None
-        super().__init__(name=name, save_dir=str(self.job_dir), id=run_id, project=project, log_model=log_model,
-                         entity=entity, group=group, job_type=job_type, notes=notes, mode=self.mode,
-                         tags=list(dict.fromkeys(t[:64] for t in all_tags)),  # W&B tags: unique, <= 64 characters
-                         reinit="create_new", settings=wandb.Settings(silent=True), **kwargs)
+        own = {k: kwargs.pop(k) for k in list(kwargs) if k in inspect.signature(WandbLogger).parameters}
+        init = dict(name=name, project=project, dir=str(self.job_dir), id=run_id, resume="allow", entity=entity,
+                    group=group, job_type=job_type, notes=notes, mode=self.mode,
+                    tags=list(dict.fromkeys(t[:64] for t in all_tags)),  # W&B tags: unique, <= 64 characters
+                    reinit="create_new", settings=wandb.Settings(silent=True), **kwargs)
+        # The run starts now, so a job that fails from here on shows up, marked failed. It is started here and handed
+        # to Lightning (its public ``experiment`` argument): while another job's run is open (a stack's members log
+        # side by side) Lightning's logger would take that run over instead of starting its own.
+        run = start_run(init) if self.mode != "disabled" and is_global_zero() else None
+        super().__init__(experiment=run, save_dir=str(self.job_dir), log_model=log_model, **own,
+                         **{k: v for k, v in init.items() if k not in ("dir", "resume")})
         self.info: dict[str, Any] = {}
-        if self.mode != "disabled" and is_global_zero():
-            self._start(entity)
+        if run is not None:
+            self._record(run, entity)
 
-    def _start(self, entity: Optional[str]) -> None:
-        import wandb
-
-        if wandb.run is not None:  # another job's run is open (a stack's members log side by side), which
-            self._experiment = wandb.init(**self._wandb_init)  # Lightning's logger would take over: a run of its own
-            self._experiment.define_metric("trainer/global_step")  # Lightning's x-axis, as it sets it
-            self._experiment.define_metric("*", step_metric="trainer/global_step", step_sync=True)
-        run = self.experiment  # starts the run now: a job that fails from here on shows up, marked failed
+    def _record(self, run, entity: Optional[str]) -> None:
+        """Keep the run id for a resumed job, and what results.json says about the run."""
         id_file = self.job_dir / RUN_ID_FILE
         id_file.parent.mkdir(parents=True, exist_ok=True)
         id_file.write_text(run.id)
@@ -155,11 +157,21 @@ class JobWandbLogger(WandbLogger):
         run = self.experiment
         run.summary.update(summary)
         run.finish(exit_code=exit_code)
-        self._experiment = None
         if self.mode == "offline":
             log.info("W&B offline run saved in %s; upload it with: wandb sync %s", self.info["wandb/dir"],
                      self.info["wandb/dir"])
         return self.info
+
+
+def start_run(init: dict[str, Any]):
+    """``wandb.init(**init)`` with Lightning's x-axis for every metric, as Lightning's WandbLogger sets it up."""
+    import wandb
+
+    run = wandb.init(**init)
+    if not init.get("sync_tensorboard"):
+        run.define_metric("trainer/global_step")
+        run.define_metric("*", step_metric="trainer/global_step", step_sync=True)
+    return run
 
 
 def _hydra_config():

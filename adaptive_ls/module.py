@@ -120,6 +120,14 @@ def configure_optimization(module: pl.LightningModule, optimizer_factory: Callab
 # -- one job's training step and metrics, shared by LabelSmoothingClassifier and a stack of jobs (adaptive_ls.stacking)
 
 
+def attached_trainer(module: pl.LightningModule) -> Optional[pl.Trainer]:
+    """The module's trainer, or None before it is attached to one (Lightning's ``trainer`` raises then)."""
+    try:
+        return module.trainer
+    except RuntimeError:
+        return None
+
+
 def trainer_progress(trainer: Optional[pl.Trainer], total_steps: int) -> Progress:
     """Training progress for schedules: optimizer steps done of the total, and the epoch (the start, with no
     trainer)."""
@@ -292,7 +300,7 @@ class LabelSmoothingClassifier(pl.LightningModule):
     # -- training -----------------------------------------------------------------------------------------------------
 
     def setup(self, stage: str) -> None:
-        datamodule = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
+        datamodule = getattr(attached_trainer(self), "datamodule", None)
         if datamodule is not None and hasattr(datamodule, "num_train_total"):
             self.smoothing.setup(datamodule.num_train_total, self.num_classes)
         # DDP would broadcast every buffer from rank 0 at each step; the policy keeps its per-sample memories equal
@@ -318,7 +326,7 @@ class LabelSmoothingClassifier(pl.LightningModule):
 
     def progress(self) -> Progress:
         """Training progress for schedules: optimizer steps done of the total, and the epoch."""
-        return trainer_progress(self._trainer, self._total_steps)
+        return trainer_progress(attached_trainer(self), self._total_steps)
 
     @property
     def train_metrics(self) -> dict[str, Metric]:

@@ -31,6 +31,7 @@ from adaptive_ls.metrics import ReliabilityBins
 from adaptive_ls.stacked_data import StackedDataModule, member_images  # noqa: F401 (StackedDataModule: this API)
 from adaptive_ls.module import (
     TrainingStepOutput,
+    attached_trainer,
     best_accuracy,
     check_options,
     check_scheduler_interval,
@@ -422,7 +423,7 @@ class StackedClassifier(pl.LightningModule):
 
     def progress(self) -> Progress:
         """Training progress, the same for every member: they take their steps together."""
-        return trainer_progress(self._trainer, self._total_steps)
+        return trainer_progress(attached_trainer(self), self._total_steps)
 
     def training_step(self, batch, batch_idx: int) -> StackedStepOutput:
         logits = self(member_images(batch))

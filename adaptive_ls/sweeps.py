@@ -10,6 +10,7 @@ from __future__ import annotations
 import functools
 import json
 import logging
+import math
 import os
 import shlex
 import sys
@@ -55,8 +56,9 @@ def is_global_zero() -> bool:
 
 @functools.lru_cache(maxsize=8)
 def _grid_size(sweep_dir: str) -> Optional[int]:
-    """Number of jobs of a basic-sweeper grid, from the ``multirun.yaml`` Hydra writes before launching them."""
-    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+    """Number of jobs of a basic-sweeper grid, from the ``multirun.yaml`` Hydra writes before launching them: the
+    product of each key's number of values, the sweeper's ``params`` first and a later override of a key replacing an
+    earlier one, as Hydra's BasicSweeper builds its grid."""
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
     path = Path(sweep_dir) / "multirun.yaml"
@@ -65,8 +67,9 @@ def _grid_size(sweep_dir: str) -> Optional[int]:
     master = OmegaConf.load(path)
     params = OmegaConf.select(master, "hydra.sweeper.params") or {}
     arguments = [f"{k}={v}" for k, v in params.items()] + list(OmegaConf.select(master, "hydra.overrides.task") or [])
-    overrides = OverridesParser.create().parse_overrides(arguments)
-    return len(BasicSweeper.split_arguments(overrides, None)[0])
+    values = {override.get_key_element(): len(list(override.sweep_string_iterator()))
+              if override.is_sweep_override() else 1 for override in OverridesParser.create().parse_overrides(arguments)}
+    return math.prod(values.values())
 
 
 def sweep_size(hydra_cfg: DictConfig) -> Optional[int]:
@@ -229,6 +232,39 @@ class SweepProgress(Callback):
 # ---------------------------------------------------------------------------------------------------------------------
 
 
+def search_distributions(arguments: list[str]) -> tuple[dict[str, Any], dict[str, str]]:
+    """Optuna distributions of the sweep overrides among ``arguments`` (``key=interval(a, b)``, ``choice(...)``,
+    ``range(...)``, ``tag(log, ...)``), and the plain values, as the Hydra Optuna sweeper reads its own ``params``."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.core.override_parser.types import Transformer
+    from optuna import distributions as d
+
+    distributions: dict[str, Any] = {}
+    fixed: dict[str, str] = {}
+    for override in OverridesParser.create().parse_overrides(arguments):
+        name, value = override.get_key_element(), override.value()
+        if not override.is_sweep_override():
+            fixed[name] = override.get_value_element_as_str()
+        elif override.is_choice_sweep() or (override.is_range_sweep() and value.shuffle):
+            distributions[name] = d.CategoricalDistribution(list(override.sweep_iterator(transformer=Transformer.encode)))
+        elif override.is_range_sweep():
+            if any(isinstance(x, float) for x in (value.start, value.stop, value.step)):
+                distributions[name] = d.DiscreteUniformDistribution(value.start, value.stop, value.step)
+            else:
+                distributions[name] = d.IntUniformDistribution(int(value.start), int(value.stop), step=int(value.step))
+        elif override.is_interval_sweep():
+            integers = isinstance(value.start, int) and isinstance(value.end, int)
+            if "log" in value.tags:
+                distributions[name] = (d.IntLogUniformDistribution(int(value.start), int(value.end)) if integers
+                                       else d.LogUniformDistribution(value.start, value.end))
+            else:
+                distributions[name] = (d.IntUniformDistribution(value.start, value.end) if integers
+                                       else d.UniformDistribution(value.start, value.end))
+        else:
+            raise ValueError(f"{override.input_line}: not a sweep Optuna can search (choice, range or interval)")
+    return distributions, fixed
+
+
 def _suggest(trial, name: str, distribution) -> Any:
     """Ask ``trial`` for ``name`` from one of the distributions the Hydra Optuna plugin parses sweep syntax into."""
     from optuna import distributions as d
@@ -254,8 +290,6 @@ def policy_search_space(cfg: DictConfig, trial) -> None:
     One experiment then tunes whichever policy is chosen (``smoothing=annealed`` tunes its schedule), with the ranges
     in the experiment's yaml written in Hydra's sweep syntax (``interval(a, b)``, ``choice(a, b)``, ``tag(log, ...)``).
     """
-    from hydra_plugins.hydra_optuna_sweeper._impl import create_params_from_overrides
-
     policy = OmegaConf.select(cfg, "hydra.runtime.choices.smoothing")
     spaces = cfg.get("search_space") or {}
     if policy not in spaces:
@@ -263,7 +297,7 @@ def policy_search_space(cfg: DictConfig, trial) -> None:
         raise ValueError(f"search_space has no entry for smoothing={policy}: it covers {covered}. Add "
                          f"search_space.{policy} (parameter: range) to the experiment config")
     arguments = [f"smoothing.{key}={value}" for key, value in spaces[policy].items()]
-    distributions, fixed = create_params_from_overrides(arguments)
+    distributions, fixed = search_distributions(arguments)
     if fixed:
         raise ValueError(f"search_space.{policy}: {', '.join(f'{k}={v}' for k, v in fixed.items())} is a single "
                          f"value, not a range; set fixed values in the experiment config instead")

@@ -109,6 +109,25 @@ def test_search_space_follows_the_chosen_policy():
         policy_search_space(cfg, optuna.create_study().ask())
 
 
+def test_a_grid_is_sized_as_hydra_expands_it(tmp_path):
+    """"job i of n": the sweeper's params and the command line's sweeps multiply, a later value of a key replaces an
+    earlier one (as Hydra's basic sweeper expands the grid), and a sweep it cannot enumerate leaves n unknown."""
+    from adaptive_ls.sweeps import sweep_size
+
+    def size(params: dict, task: list[str]):
+        sweep = tmp_path / f"sweep{len(list(tmp_path.iterdir()))}"
+        sweep.mkdir()
+        OmegaConf.save(OmegaConf.create({"hydra": {"sweeper": {"params": params}, "overrides": {"task": task}}}),
+                       sweep / "multirun.yaml")
+        return sweep_size(OmegaConf.create({"sweeper": {"_target_": "hydra._internal.core_plugins.basic_sweeper."
+                                                                    "BasicSweeper"}, "sweep": {"dir": str(sweep)}}))
+
+    assert size({}, []) == 1
+    assert size({"seed": "0,1,2"}, ["smoothing=none,fixed", "noise.rate=0.2"]) == 6
+    assert size({"seed": "0,1,2"}, ["seed=0,1", "data.val_size=range(100,400,100)"]) == 6
+    assert size({}, ["smoothing.eps=interval(0, 1)"]) is None
+
+
 def test_slurm_launcher_settings_reach_sbatch(tmp_path, monkeypatch):
     """hydra/launcher=slurm, through the plugin, into the sbatch script submitit would submit (no cluster needed)."""
     import submitit
