@@ -31,13 +31,16 @@ def config_key(cfg: Optional[DictConfig], full_key: str) -> str:
     ``${smoothing}``) is named by the node it points to (``smoothing``)."""
     node, parts = cfg, full_key.split(".")
     for i, part in enumerate(parts):
-        child = node._get_node(part) if OmegaConf.is_dict(node) and part in node else None
-        if child is None:
+        if not (OmegaConf.is_dict(node) and part in node):
             return full_key
-        match = _INTERPOLATION.match(str(child._value())) if child._is_interpolation() else None
-        if match:
-            return config_key(cfg, ".".join([match.group(1), *parts[i + 1:]]))
-        node = child
+        if OmegaConf.is_interpolation(node, part):
+            match = _INTERPOLATION.match(str(OmegaConf.to_container(node, resolve=False)[part]))
+            if match:
+                return config_key(cfg, ".".join([match.group(1), *parts[i + 1:]]))
+        try:
+            node = node[part]
+        except Exception:  # an interpolation that does not resolve: the error names it by its own key
+            return full_key
     return full_key
 
 
