@@ -1,4 +1,4 @@
 """``python -m adaptive_ls ...``: the same command as ``adaptive-ls ...``."""
-from adaptive_ls.cli import main
+from adaptive_ls.cli import entry
 
-main()
+entry()

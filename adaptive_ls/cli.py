@@ -116,3 +116,14 @@ def handle_failure(cfg: DictConfig, error: BaseException, multirun: bool) -> flo
     print(f"error: {error}", file=sys.stderr)
     raise SystemExit(expected) from None
 
+
+def entry() -> None:
+    """``adaptive-ls``: the command line's overrides composed first, so a misspelled option or key is one line and
+    exit code 2 (:mod:`adaptive_ls.command_line`), then :func:`main`."""
+    from adaptive_ls.command_line import command_line_problem
+
+    problem = command_line_problem(sys.argv[1:], CONFIG_DIR)
+    if problem and os.environ.get("HYDRA_FULL_ERROR") != "1":
+        print(f"error: {problem}", file=sys.stderr)
+        raise SystemExit(2)
+    main()

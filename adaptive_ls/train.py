@@ -127,6 +127,6 @@ def test_record(tested: dict, calibration: dict, reliability: Optional[dict], be
 
 
 if __name__ == "__main__":  # python -m adaptive_ls.train is the entry point too
-    from adaptive_ls.cli import main
+    from adaptive_ls.cli import entry
 
-    main()
+    entry()

@@ -5,11 +5,14 @@ a sample, several of them settings no check in the package names."""
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 
 import pytest
 
 from adaptive_ls.config import ConfigError, build_run
-from tests.runs import DIGITS_ON_CPU, TINY, compose, entry_point
+from tests.runs import DIGITS_ON_CPU, REPO_ROOT, TINY, compose, entry_point
 
 # (overrides, what the line must say), a bad setting of each group, through `python -m adaptive_ls`
 BY_PROCESS = [
@@ -92,3 +95,22 @@ def test_good_settings_of_every_group_pass_the_checks(tmp_path):
                       ["callbacks.best_checkpoint.save_top_k=-1", "scheduler.warmup_fraction=1",
                        "trainer.deterministic=true", "data.clean_val=true", "trainer.precision=32"]):
         build_run(compose(*TINY, *overrides, f"paths.output_dir={tmp_path}"))
+
+
+@pytest.mark.parametrize("overrides, line", [
+    (("optimizer=adam",), "error: optimizer=adam: no such option of optimizer; allowed are adamw, sgd"),
+    (("optimzer.lr=0.1",), "error: optimzer.lr=0.1: no such key (write +optimzer.lr=0.1 to add one)"),
+    (("-m", "smoothing=none,fixd"), "error: smoothing=fixd: no such option of smoothing; allowed are "),
+    (("-m", "noise=sym40,asym4", "smoothing=none"), "error: noise=asym4: no such option of noise; allowed are "),
+])
+def test_a_misspelled_option_or_key_is_one_line_before_hydra_runs(tmp_path, overrides, line):
+    """Hydra's own composition error is several lines and, in a sweep, comes only when the bad value's job starts:
+    the command line is composed first, every swept value of it, and nothing is written."""
+    command = [sys.executable, "-m", "adaptive_ls", *overrides, f"hydra.run.dir={tmp_path / 'run'}",
+               f"hydra.sweep.dir={tmp_path / 'sweep'}"]
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
+    env.pop("HYDRA_FULL_ERROR", None)
+    done = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.strip().splitlines() == [done.stderr.strip()] and done.stderr.startswith(line), done.stderr
+    assert not (tmp_path / "run").exists() and not (tmp_path / "sweep").exists()
