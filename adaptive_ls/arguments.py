@@ -81,20 +81,26 @@ def _callee(target: str) -> Optional[Callable]:
         return None
 
 
+def signature_functions(target: Callable) -> list[Callable]:
+    """What takes ``target``'s arguments: the function itself, or a class's ``__init__`` and those of the bases it
+    hands ``**kwargs`` to."""
+    if not inspect.isclass(target):
+        return [target]
+    functions = []
+    for cls in target.__mro__:
+        init = vars(cls).get("__init__")
+        if init is None:
+            continue
+        functions.append(init)
+        if not any(p.kind is p.VAR_KEYWORD for p in inspect.signature(init).parameters.values()):
+            break
+    return functions
+
+
 def parameter_checks(target: Callable) -> dict[str, Check]:
     """The checks of every named parameter of ``target`` (a class: its ``__init__`` and those of the bases it hands
     ``**kwargs`` to)."""
-    functions = [target]
-    if inspect.isclass(target):
-        functions = []
-        for cls in target.__mro__:
-            init = vars(cls).get("__init__")
-            if init is None:
-                continue
-            functions.append(init)
-            parameters = inspect.signature(init).parameters.values()
-            if not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters):
-                break
+    functions = signature_functions(target)
     checks: dict[str, Check] = {}
     for function in functions:
         try:

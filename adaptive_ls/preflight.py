@@ -23,7 +23,7 @@ from typing import Any, Callable, Iterator, Optional
 
 from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
-from adaptive_ls.arguments import argument_problems, parameter_checks
+from adaptive_ls.arguments import argument_problems, parameter_checks, signature_functions
 from adaptive_ls.errors import ConfigError, SettingError, one_line
 
 log = logging.getLogger(__name__)
@@ -75,16 +75,7 @@ def quiet() -> Iterator[None]:
 
 def signature_defaults(target: Callable) -> dict[str, Any]:
     """Each parameter's default (a class: its ``__init__`` and those of the bases it hands ``**kwargs`` to)."""
-    functions = [target]
-    if inspect.isclass(target):
-        functions = []
-        for cls in target.__mro__:
-            init = vars(cls).get("__init__")
-            if init is None:
-                continue
-            functions.append(init)
-            if not any(p.kind is p.VAR_KEYWORD for p in inspect.signature(init).parameters.values()):
-                break
+    functions = signature_functions(target)
     defaults: dict[str, Any] = {}
     for function in functions:
         try:
