@@ -29,7 +29,9 @@ def command_line_problem(argv: Sequence[str], config_dir: str, config_name: str 
         return f"{_first_line(error)} (Hydra's override syntax: key=value, group=option, +new_key=value)"
     choices = []  # per override: the values to compose it with (the first one when others vary)
     for override in overrides:
-        if override.key_or_group == "hydra" or override.key_or_group.startswith(("hydra.", "hydra/")):
+        if override.key_or_group == "hydra.searchpath":
+            choices.append([override.input_line])  # the user's own config folders: their options are allowed
+        elif override.key_or_group == "hydra" or override.key_or_group.startswith(("hydra.", "hydra/")):
             choices.append([])  # Hydra's own settings: Hydra checks them
         elif override.is_sweep_override():
             values = list(override.sweep_string_iterator()) if override.value_type.name in CHOICE_SWEEPS else []
@@ -70,6 +72,8 @@ def _missing_option(error, overrides: list[str], loader) -> str:
             continue
         options = loader.get_group_options(group)
         if options and option not in options:
+            if any(o.startswith("hydra.searchpath=") for o in overrides):  # the user's folders are not listed here
+                return f"{override}: no such option of {group} in conf/ or hydra.searchpath"
             return f"{override}: no such option of {group}; allowed are {', '.join(options)}"
     return _first_line(error)
 

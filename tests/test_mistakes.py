@@ -114,3 +114,16 @@ def test_a_misspelled_option_or_key_is_one_line_before_hydra_runs(tmp_path, over
     assert done.returncode == 2, done.stderr
     assert done.stderr.strip().splitlines() == [done.stderr.strip()] and done.stderr.startswith(line), done.stderr
     assert not (tmp_path / "run").exists() and not (tmp_path / "sweep").exists()
+
+
+def test_options_from_the_users_config_folder_are_allowed(tmp_path):
+    """``hydra.searchpath`` adds a user's own options (conf/extending): the early composition sees them too."""
+    from adaptive_ls.cli import CONFIG_DIR
+    from adaptive_ls.command_line import command_line_problem
+
+    (tmp_path / "my_conf" / "callbacks").mkdir(parents=True)
+    (tmp_path / "my_conf" / "callbacks" / "mine.yaml").write_text("defaults:\n  - default\n")
+    searchpath = f"hydra.searchpath=[file://{tmp_path / 'my_conf'}]"
+    assert command_line_problem(["-m", searchpath, "callbacks=mine", "seed=1,2"], CONFIG_DIR) is None
+    assert command_line_problem(["-m", searchpath, "callbacks=mien"], CONFIG_DIR).startswith(
+        "callbacks=mien: no such option of callbacks")
