@@ -41,26 +41,29 @@ def command_line_problem(argv: Sequence[str], config_dir: str, config_name: str 
     base = [values[0] for values in choices if values]
     variants = [base] + [[*base[:i], value, *base[i + 1:]] for i, values in enumerate(c for c in choices if c)
                          for value in values[1:]]
-    for overrides_list in variants[:MAX_COMPOSES]:
-        problem = _compose_problem(overrides_list, config_dir, config_name)
-        if problem:
-            return problem
+    from hydra import initialize_config_dir
+
+    with initialize_config_dir(version_base="1.3", config_dir=config_dir, job_name="check"):  # once for all variants
+        for overrides_list in variants[:MAX_COMPOSES]:
+            problem = _compose_problem(overrides_list, config_name)
+            if problem:
+                return problem
     return None
 
 
-def _compose_problem(overrides: list[str], config_dir: str, config_name: str) -> Optional[str]:
-    from hydra import compose, initialize_config_dir
+def _compose_problem(overrides: list[str], config_name: str) -> Optional[str]:
+    """One line for what Hydra refuses in ``overrides``, inside an initialised Hydra; None when they compose."""
+    from hydra import compose
     from hydra.core.global_hydra import GlobalHydra
     from hydra.errors import HydraException, MissingConfigException
     from omegaconf.errors import OmegaConfBaseException
 
-    with initialize_config_dir(version_base="1.3", config_dir=config_dir, job_name="check"):
-        try:
-            compose(config_name=config_name, overrides=overrides)
-        except MissingConfigException as error:
-            return _missing_option(error, overrides, GlobalHydra.instance().config_loader())
-        except (HydraException, OmegaConfBaseException) as error:
-            return _unknown_key(error, overrides)
+    try:
+        compose(config_name=config_name, overrides=overrides)
+    except MissingConfigException as error:
+        return _missing_option(error, overrides, GlobalHydra.instance().config_loader())
+    except (HydraException, OmegaConfBaseException) as error:
+        return _unknown_key(error, overrides)
     return None
 
 
