@@ -370,8 +370,10 @@ class LabelSmoothingClassifier(pl.LightningModule):
     def on_validation_epoch_end(self) -> None:
         if self.trainer.sanity_checking or self.trainer.state.fn != "fit":
             return
-        self.val_acc_best.update(self.val_metrics["acc"].compute())
+        accuracy = self.val_metrics["acc"].compute()
+        self.val_acc_best.update(accuracy)
         self.log("val/acc_best", self.val_acc_best.compute())
+        self.smoothing.on_validation_end(accuracy)
 
     def test_step(self, batch, batch_idx: int) -> None:
         images, targets, _ = batch

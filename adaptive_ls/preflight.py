@@ -49,6 +49,7 @@ def check_graph(cfg: DictConfig, datamodule: Any, module: Any) -> None:
         callbacks = build_callbacks(cfg)
         check_monitors(cfg, module, callbacks)
         check_warmup(cfg, module)
+        check_validation_split(datamodule, module)
         check_trainer(cfg)
 
 
@@ -397,6 +398,14 @@ def check_warmup(cfg: DictConfig, module: Any) -> None:
         raise ConfigError(f"smoothing.warmup_epochs={warmup} >= trainer.max_epochs={max_epochs}: the policy would "
                           f"stay in its warm-up for the whole run and never use its per-sample ε; allowed is "
                           f"smoothing.warmup_epochs < trainer.max_epochs")
+
+
+def check_validation_split(datamodule: Any, module: Any) -> None:
+    """A policy timed by the validation accuracy needs a validation split."""
+    policy = getattr(module, "smoothing", None)
+    if getattr(policy, "needs_validation", False) and getattr(datamodule, "val_size", None) == 0:
+        raise ConfigError(f"data.val_size=0 but smoothing.freeze_patience={policy.freeze_patience} reads the "
+                          f"validation accuracy: allowed is data.val_size > 0, or smoothing.freeze_patience=0")
 
 
 def check_trainer(cfg: DictConfig) -> None:

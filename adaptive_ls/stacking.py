@@ -479,9 +479,11 @@ class StackedClassifier(pl.LightningModule):
     def on_validation_epoch_end(self) -> None:
         if self.trainer.sanity_checking or self.trainer.state.fn != "fit":
             return
-        for name, metrics in zip(self.names, self.members):
-            metrics.val_acc_best.update(metrics.val_metrics["acc"].compute())
+        for name, policy, metrics in zip(self.names, self.smoothing, self.members):
+            accuracy = metrics.val_metrics["acc"].compute()
+            metrics.val_acc_best.update(accuracy)
             self.log(f"{name}/val/acc_best", metrics.val_acc_best.compute())
+            policy.on_validation_end(accuracy)
 
     def test_step(self, batch, batch_idx: int) -> None:
         logits = self._evaluate(batch, batch_idx, "test")

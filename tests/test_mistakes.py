@@ -65,6 +65,9 @@ IN_PROCESS = [
     (["trainer.deterministic=yes"], ["trainer.deterministic='yes'", "true, false"]),
     (["trainer.accelerator=gpu"], ["trainer.accelerator='gpu'", "allowed is"]),
     (["module.ece_bins=0"], ["module.ece_bins=0", "allowed is an integer >= 1"]),
+    (["smoothing=adaptive", "smoothing.freeze_patience=3", "data.val_size=0"],
+     ["data.val_size=0", "smoothing.freeze_patience=3", "allowed is data.val_size > 0"]),
+    (["smoothing=adaptive", "smoothing.freeze_patience=-1"], ["smoothing.freeze_patience=-1", "integer >= 0"]),
     (["module.num_classes=7"], ["module.num_classes=7", "allowed is 10"]),
     (["module.channels_last=1"], ["module.channels_last=1", "true, false"]),
     (["data.crop_padding=-1"], ["data.crop_padding=-1", "integer >= 0"]),
@@ -89,7 +92,8 @@ def test_good_settings_of_every_group_pass_the_checks(tmp_path):
     """What the checks allow: the defaults of every group, and values at their bounds."""
     build_run(compose(*DIGITS_ON_CPU, "model=fastnet", "data=cifar10", f"paths.output_dir={tmp_path}"))
     for overrides in ([], ["optimizer=adamw", "scheduler=none"],
-                      ["smoothing=adaptive", "smoothing.warmup_epochs=1"], ["smoothing=self_adaptive"],
+                      ["smoothing=adaptive", "smoothing.warmup_epochs=1", "smoothing.freeze_patience=2"],
+                      ["smoothing=self_adaptive"],
                       ["smoothing=alasca"], ["callbacks.best_checkpoint.monitor=val/nll",
                                              "callbacks.best_checkpoint.mode=min"],
                       ["callbacks.best_checkpoint.save_top_k=-1", "scheduler.warmup_fraction=1",

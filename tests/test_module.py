@@ -159,3 +159,16 @@ def test_annealed_smoothing_moves_with_optimizer_steps():
 def test_bad_scheduler_interval_is_rejected():
     with pytest.raises(ValueError, match="scheduler_interval='batch'"):
         LabelSmoothingClassifier(small_cnn(10, 1, 8), scheduler_interval="batch")
+
+
+def test_the_policy_sees_each_epochs_validation_accuracy():
+    """What a validation-timed policy (AdaptiveSmoothing's freeze_patience) relies on: one call per training epoch,
+    with the accuracy the epoch logs as val/acc, after sanity checks are left out."""
+    seen = []
+
+    class Watching(FixedSmoothing):
+        def on_validation_end(self, accuracy):
+            seen.append(float(accuracy))
+
+    _, _, _, history = fit(Watching(eps=0.1))
+    assert seen == pytest.approx([epoch["val/acc"] for epoch in history])

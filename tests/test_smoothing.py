@@ -352,6 +352,40 @@ def test_adaptive_freeze_without_ema_remembers_the_last_prediction():
     torch.testing.assert_close(eps, 0.5 * (1 - second.softmax(1)[:, 0]))
 
 
+def test_adaptive_freeze_patience_freezes_the_memory_of_the_best_validation_epoch():
+    policy = AdaptiveSmoothing(eps_max=0.8, warmup_epochs=0, ema=0.0, freeze_patience=2)
+    policy.setup(num_samples=2, num_classes=3)
+    targets, index = torch.tensor([0]), torch.tensor([1])
+    beliefs = [torch.tensor([[float(k), 0.0, 0.0]]) for k in range(6)]  # the label fitted more every epoch
+    for epoch, accuracy in enumerate([0.30, 0.50, 0.45, 0.48]):  # the peak at epoch 1, two epochs without a rise
+        policy(beliefs[epoch], targets, index, at(epoch, total=10))
+        assert not policy.frozen_now, epoch
+        policy.on_validation_end(torch.tensor(accuracy))
+    assert policy.frozen_now and bool(policy.frozen)
+    torch.testing.assert_close(policy.memory[1], beliefs[1].softmax(1)[0])  # back to the peak's memory
+    eps = policy(beliefs[5], targets, index, at(5, total=10)).eps  # and it stays there
+    torch.testing.assert_close(eps, 0.8 * (1 - beliefs[1].softmax(1)[:, 0]))
+    # a checkpoint keeps the freeze: a fresh policy loads it frozen
+    fresh = AdaptiveSmoothing(eps_max=0.8, warmup_epochs=0, ema=0.0, freeze_patience=2)
+    fresh.load_state_dict(policy.state_dict())
+    assert fresh.frozen_now
+    torch.testing.assert_close(fresh(beliefs[5], targets, index, at(6, total=10)).eps, eps)
+
+
+def test_adaptive_without_freeze_patience_keeps_its_checkpoint_format():
+    """Runs saved before freeze_patience existed still load: its state appears only when it is on."""
+    assert set(AdaptiveSmoothing(ema=0.5).state_dict()) == {"memory", "seen"}
+    policy = AdaptiveSmoothing(ema=0.5)
+    policy.on_validation_end(torch.tensor(0.5))  # off: nothing happens
+    assert not policy.frozen_now
+
+
+@pytest.mark.parametrize("patience", [-1, 1.5, True])
+def test_adaptive_freeze_patience_is_checked(patience):
+    with pytest.raises(SmoothingSettingError, match=rf"^freeze_patience={patience}: allowed is an integer >= 0"):
+        AdaptiveSmoothing(freeze_patience=patience)
+
+
 @pytest.mark.parametrize("fraction", [0.0, 1.5, -0.1])
 def test_adaptive_freeze_fraction_is_checked(fraction):
     with pytest.raises(SmoothingSettingError, match=rf"^freeze_fraction={fraction}: allowed is 0 < freeze_fraction"):

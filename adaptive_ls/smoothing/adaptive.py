@@ -43,6 +43,11 @@ class AdaptiveSmoothing(SmoothingPolicy):
     ε falls exactly when it should resist (early-learning regularisation, Liu et al., NeurIPS 2020, anchors its
     targets the same way). With ``ema = 0`` the frozen memory is each sample's last prediction before the freeze.
 
+    ``freeze_patience > 0`` freezes it by the data instead of the schedule: once the noisy-validation accuracy has not
+    risen for that many epochs, the memory goes back to what it held at the best epoch and stays there. That peak is
+    the run's own early-learning point, so the freeze follows a longer or shorter schedule, where a fixed fraction
+    would not. The earlier of the two freezes holds.
+
     ``q``: ``uniform`` spreads ε evenly, which lowers the label's share but never moves the target's argmax off the
     given label while ε < (K − 1)/K, so a wrong label is still the class the model is taught. ``prediction`` gives
     ε to the prediction the signal reads (the memory where there is one): target = (1 − ε)·onehot(y) + ε·p̃, soft
@@ -63,6 +68,7 @@ class AdaptiveSmoothing(SmoothingPolicy):
         ema: float = 0.0,
         freeze_fraction: float = 1.0,
         q: str = "uniform",
+        freeze_patience: int = 0,
     ):
         super().__init__()
         self.eps_min = _check_eps_value(eps_min, "eps_min")
@@ -80,6 +86,10 @@ class AdaptiveSmoothing(SmoothingPolicy):
                                         f"(1 never freezes the memory)")
         self.signal, self.warmup_epochs, self.ema = signal, int(warmup_epochs), float(ema)
         self.freeze_fraction = float(freeze_fraction)
+        if isinstance(freeze_patience, bool) or int(freeze_patience) != freeze_patience or freeze_patience < 0:
+            raise SmoothingSettingError(f"freeze_patience={freeze_patience}: allowed is an integer >= 0 (0: the "
+                                        f"validation accuracy does not freeze the memory)")
+        self.freeze_patience = int(freeze_patience)
         if q not in ADAPTIVE_Q:
             raise SmoothingSettingError(f"q={q!r}: allowed are {', '.join(ADAPTIVE_Q)}")
         self.q = q
@@ -87,26 +97,64 @@ class AdaptiveSmoothing(SmoothingPolicy):
         # Each sample's moving-average prediction and whether it has been seen; sized in setup().
         self.register_buffer("memory", torch.empty(0, 0))
         self.register_buffer("seen", torch.empty(0, dtype=torch.bool))
+        self.frozen_now = False  # by freeze_patience; on the host, so a training step never reads a tensor to branch
+        if self.freeze_patience:  # the memory at the best validation epoch, that accuracy, epochs since, frozen
+            self.register_buffer("peak_memory", torch.empty(0, 0))
+            self.register_buffer("peak_seen", torch.empty(0, dtype=torch.bool))
+            self.register_buffer("peak_accuracy", torch.tensor(-1.0))
+            self.register_buffer("epochs_since_peak", torch.tensor(0))
+            self.register_buffer("frozen", torch.tensor(False))
+            self.register_load_state_dict_post_hook(lambda module, keys: module.sync_frozen())
+
+    @property
+    def needs_validation(self) -> bool:
+        return self.freeze_patience > 0
+
+    def sync_frozen(self) -> None:
+        """Read ``frozen`` once (after a checkpoint is loaded)."""
+        self.frozen_now = bool(self.frozen)
 
     @property
     def remembers(self) -> bool:
         """Whether the signal comes from a per-sample memory rather than the current prediction alone."""
-        return self.ema > 0 or self.freeze_fraction < 1
+        return self.ema > 0 or self.freeze_fraction < 1 or self.freeze_patience > 0
 
     def setup(self, num_samples: int, num_classes: int) -> None:
         if self.remembers and self.memory.shape != (num_samples, num_classes):
             self.memory = torch.zeros(num_samples, num_classes, device=self.memory.device)
             self.seen = torch.zeros(num_samples, dtype=torch.bool, device=self.memory.device)
+        if self.freeze_patience and self.peak_memory.shape != (num_samples, num_classes):
+            self.peak_memory = torch.zeros(num_samples, num_classes, device=self.memory.device)
+            self.peak_seen = torch.zeros(num_samples, dtype=torch.bool, device=self.memory.device)
+
+    @torch.no_grad()
+    def on_validation_end(self, accuracy: Tensor) -> None:
+        """``freeze_patience``: keep the memory of the best validation epoch; freeze it there once the accuracy has
+        not risen for ``freeze_patience`` epochs."""
+        if not self.freeze_patience or self.frozen_now:
+            return
+        if float(accuracy) > float(self.peak_accuracy):  # once an epoch: a host read is cheap here
+            self.peak_accuracy.fill_(float(accuracy))
+            self.epochs_since_peak.zero_()
+            self.peak_memory.copy_(self.memory)
+            self.peak_seen.copy_(self.seen)
+            return
+        self.epochs_since_peak += 1
+        if int(self.epochs_since_peak) >= self.freeze_patience:
+            self.memory.copy_(self.peak_memory)
+            self.seen.copy_(self.peak_seen)
+            self.frozen.fill_(True)
+            self.frozen_now = True
 
     def _smoothed_probs(self, probs: Tensor, index: Tensor, progress: Progress) -> Tensor:
         if not self.remembers:
             return probs
         if self.memory.numel() == 0:
-            raise RuntimeError("AdaptiveSmoothing with ema > 0 or freeze_fraction < 1 needs "
+            raise RuntimeError("AdaptiveSmoothing with ema > 0, freeze_fraction < 1 or freeze_patience > 0 needs "
                                "setup(num_samples, num_classes) before training")
         old = self.memory[index]
         seen = self.seen[index].unsqueeze(1)
-        if progress.fraction >= self.freeze_fraction:
+        if self.frozen_now or progress.fraction >= self.freeze_fraction:
             # Frozen: the early-learning belief; a sample never seen before the freeze uses its current prediction.
             return torch.where(seen, old, probs)
         new = torch.where(seen, self.ema * old + (1.0 - self.ema) * probs, probs)

@@ -90,8 +90,14 @@ class SmoothingPolicy(nn.Module):
     name = "base"
     per_sample = False  # True when ε differs between the samples of a batch
 
+    needs_validation = False  # True when the policy reads the validation accuracy (on_validation_end)
+
     def setup(self, num_samples: int, num_classes: int) -> None:
         """Allocate per-sample state; called once the data (and so N and K) is known."""
+
+    def on_validation_end(self, accuracy: Tensor) -> None:
+        """Called once per training epoch with the accuracy on the (noisy) validation split, a 0-dim tensor: for a
+        policy that times itself by the data rather than by the schedule."""
 
     def forward(self, logits: Tensor, targets: Tensor, index: Tensor, progress: Progress) -> SmoothingTarget:
         raise NotImplementedError
